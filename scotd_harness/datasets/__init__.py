@@ -1,0 +1,60 @@
+"""Dataset registry: `load_examples(task, split)` turns official files or hub datasets into `Example`s.
+
+With a data directory (argument or `SCOTD_DATA_DIR`) the official files are read in the layout of their
+releases (`commonsenseqa/`, `openbookqa/Main/`, `quarel/`, `contrast_sets_imdb/`, `csqa2/`); without one the
+Hugging Face hub copy users know is loaded. Both give the same `Example`s.
+
+Besides `train`, `validation` and `test`, every task has `train-fit` and `train-holdout`: a fixed 10% of train
+(chosen by a hash of the id, so it never moves) held out for development where the official dev split is kept
+aside, as it is for QuaRel here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+
+from ..errors import ScotdError
+from .base import SPLITS, Example, data_dir_from_env
+
+__all__ = ["Example", "TASKS", "SPLITS", "load_examples", "task_names"]
+
+#: task name -> (module, number of choices, human name). Modules import lazily: `datasets` costs seconds.
+TASKS: dict[str, tuple[str, int, str]] = {
+    "csqa": ("multiple_choice", 5, "CommonsenseQA"),
+    "openbookqa": ("multiple_choice", 4, "OpenBookQA"),
+    "quarel": ("quarel", 2, "QuaRel"),
+    "imdb_original": ("imdb_contrast", 2, "IMDb contrast set, original reviews"),
+    "imdb_contrast": ("imdb_contrast", 2, "IMDb contrast set, contrast reviews"),
+    "csqa2": ("csqa2", 2, "CommonsenseQA 2.0"),
+}
+SPLIT_ALIASES = {"dev": "validation", "val": "validation"}
+HOLDOUT_SPLITS = ("train-fit", "train-holdout")
+
+
+def task_names() -> list[str]:
+    return list(TASKS)
+
+
+def _in_holdout(example_id: str) -> bool:
+    return int(hashlib.sha1(example_id.encode()).hexdigest(), 16) % 10 == 0
+
+
+def load_examples(
+    task: str, split: str, data_dir: str | os.PathLike | None = None, limit: int | None = None
+) -> list[Example]:
+    """Examples of one task and split, in file order; `limit` keeps the first N."""
+    if task not in TASKS:
+        raise ScotdError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+    split = SPLIT_ALIASES.get(split, split)
+    if split not in SPLITS + HOLDOUT_SPLITS:
+        raise ScotdError(f"unknown split {split!r}; known splits: {', '.join(SPLITS + HOLDOUT_SPLITS)}")
+    module = importlib.import_module(f"{__name__}.{TASKS[task][0]}")
+    base_split = "train" if split in HOLDOUT_SPLITS else split
+    root = data_dir_from_env(data_dir)
+    examples = module.load_official(task, base_split, root) if root else module.load_from_hub(task, base_split)
+    if split in HOLDOUT_SPLITS:
+        keep = split == "train-holdout"
+        examples = [ex for ex in examples if _in_holdout(ex.id) == keep]
+    return examples[:limit] if limit is not None else examples

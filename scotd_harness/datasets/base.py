@@ -1,0 +1,122 @@
+"""The `Example` every dataset becomes, and the small readers the official-file loaders share."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataFormatError, ScotdError
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One multiple-choice question, whatever its source. `answer` is a label ('a', 'b', ...) or None."""
+
+    task: str
+    id: str
+    question: str
+    choices: tuple[tuple[str, str], ...]
+    answer: str | None
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def to_dict(self) -> dict:
+        return {
+            "task": self.task,
+            "id": self.id,
+            "question": self.question,
+            "choices": [list(c) for c in self.choices],
+            "answer": self.answer,
+            "meta": self.meta,
+        }
+
+
+def data_dir_from_env(data_dir: str | os.PathLike | None) -> Path | None:
+    """An explicit `data_dir` wins; else `SCOTD_DATA_DIR`; else None (the hub)."""
+    chosen = data_dir if data_dir is not None else os.environ.get("SCOTD_DATA_DIR") or None
+    if chosen is None:
+        return None
+    path = Path(chosen).expanduser()
+    if not path.is_dir():
+        raise ScotdError(f"data directory {path} does not exist (from --data-dir or SCOTD_DATA_DIR)")
+    return path
+
+
+def require_file(path: Path, task: str, split: str) -> Path:
+    if not path.is_file():
+        raise ScotdError(
+            f"{task} {split}: expected the official file {path}, which is missing "
+            f"(the data directory follows the layout of the official releases; unset SCOTD_DATA_DIR to use the hub, "
+            f"or use the split 'train-holdout', a fixed tenth of train)"
+        )
+    return path
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for each non-blank line; a malformed line is an error naming file and line."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(path, lineno, "<line>", f"not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise DataFormatError(path, lineno, "<line>", "expected a JSON object")
+            yield lineno, record
+
+
+def get_field(record: dict, name: str, path, lineno: int | None, kind: type | tuple = str):
+    """record[name] with a typed check; 'question.stem' walks nested dicts."""
+    value = record
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise DataFormatError(path, lineno, name, "missing")
+        value = value[part]
+    if not isinstance(value, kind):
+        raise DataFormatError(path, lineno, name, f"expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+    return value
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SCOTD_CACHE", Path.home() / ".cache" / "scotd_harness")).expanduser()
+
+
+def download(url: str, name: str) -> Path:
+    """Fetch a public file once into the cache (for sets with no hub copy); written atomically."""
+    target = cache_dir() / "downloads" / name
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+            f.write(r.read())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ScotdError(f"could not download {url} ({e}); pass --data-dir with the official files instead") from e
+    os.replace(tmp, target)
+    return target
+
+
+def load_hub(name: str, config: str | None, split: str):
+    """A Hugging Face hub dataset split; `datasets` is imported only here."""
+    try:
+        import datasets
+    except ImportError as e:  # pragma: no cover - datasets is a dependency
+        raise ScotdError("loading from the hub needs the `datasets` package") from e
+    try:
+        return datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # noqa: BLE001 - re-raised with the remedy; the original is chained
+        raise ScotdError(
+            f"could not load {name}{'/' + config if config else ''} split {split!r} from the Hugging Face hub ({e}); "
+            f"offline, set SCOTD_DATA_DIR (or --data-dir) to a folder with the official files"
+        ) from e

@@ -1,0 +1,161 @@
+"""Every string the student is trained on, evaluated on and deployed with, and the one answer parser.
+
+Teacher sampling, training, the lm-eval tasks, the ONNX runtime and the server all import this module, so a
+prompt or parsing change happens here once and reaches every stage. It imports only the standard library:
+the torch-free edge runtime depends on it.
+
+The student format follows the SCoTD paper::
+
+    Q: {question}
+    Answer Choices:
+    (a) {choice a}
+    (b) {choice b}
+    A: {rationale} So the answer is: (x)
+
+The teacher sees the same layout, preceded by hand-written exemplars separated by blank lines, so a teacher
+completion cut at the first blank line is already a student target.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+FORMAT_VERSION = 1
+
+#: What a student or teacher says before its final label. Parsing also accepts "the answer is (x)".
+ANSWER_PHRASE = "So the answer is:"
+#: Generation stops here: a blank line ends one answer in the few-shot layout; "\nQ:" catches models that
+#: skip the blank line and start inventing the next question.
+STOP_STRINGS: tuple[str, ...] = ("\n\n", "\nQ:")
+#: Sentinel for an output with no parsable answer (counted and reported, never silently dropped).
+INVALID = "[invalid]"
+#: Separates few-shot exemplars in the teacher prompt.
+EXEMPLAR_SEPARATOR = "\n\n"
+
+LABELS = "abcdefghij"
+
+Choices = Sequence[tuple[str, str]]
+
+
+def label_for_index(index: int) -> str:
+    """The label of the index-th choice: 0 -> 'a'."""
+    if not 0 <= index < len(LABELS):
+        raise ValueError(f"choice index {index} out of range 0..{len(LABELS) - 1}")
+    return LABELS[index]
+
+
+def normalize_label(raw: str | int) -> str:
+    """Official keys come as 'A', '(b)', ' c ' or 0-based ints; every stage compares the lower-case letter."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return label_for_index(raw)
+    text = str(raw).strip().strip("()").strip().lower()
+    if len(text) != 1 or text not in LABELS:
+        raise ValueError(f"not an answer label: {raw!r}")
+    return text
+
+
+def format_choices(choices: Choices) -> str:
+    return "\n".join(f"({label}) {text}" for label, text in choices)
+
+
+def student_input(question: str, choices: Choices) -> str:
+    """The prompt a student sees, ending in 'A:' (the target starts with a space)."""
+    return f"Q: {question.strip()}\nAnswer Choices:\n{format_choices(choices)}\nA:"
+
+
+def answer_sentence(label: str) -> str:
+    return f"{ANSWER_PHRASE} ({normalize_label(label)})"
+
+
+def student_target(rationale: str, label: str) -> str:
+    """' {rationale} So the answer is: (x)': the loss is taken on exactly this text."""
+    rationale = clean_rationale(rationale)
+    sentence = answer_sentence(label)
+    return f" {rationale} {sentence}" if rationale else f" {sentence}"
+
+
+def direct_target(label: str) -> str:
+    """The label-only baseline's target: the answer sentence with no rationale."""
+    return student_target("", label)
+
+
+def teacher_exemplar(question: str, choices: Choices, rationale: str, label: str) -> str:
+    return student_input(question, choices) + student_target(rationale, label)
+
+
+def teacher_prompt(exemplars: Iterable[dict], question: str, choices: Choices) -> str:
+    """Few-shot CoT prompt: exemplars (dicts with question, choices, rationale, answer) then the open question."""
+    shots = [
+        teacher_exemplar(ex["question"], [tuple(c) for c in ex["choices"]], ex["rationale"], ex["answer"])
+        for ex in exemplars
+    ]
+    return EXEMPLAR_SEPARATOR.join([*shots, student_input(question, choices)])
+
+
+def truncate_at_stop(text: str, stop: Iterable[str] = STOP_STRINGS) -> str:
+    """Cut a completion at the earliest stop string (teachers often continue with invented questions)."""
+    cut = len(text)
+    for s in stop:
+        if s:
+            i = text.find(s)
+            if i != -1:
+                cut = min(cut, i)
+    return text[:cut]
+
+
+# "So the answer is: (b)", "the answer is (b) math problem.", "The answer is b." -- the last one wins, because
+# rationales sometimes mention an option before concluding.
+_ANSWER_RE = re.compile(r"answer is\s*:?\s*\(?\s*([a-j])\s*\)(?!\w)|answer is\s*:?\s*([a-j])(?:[.\s]|$)", re.I)
+_ANSWER_TEXT_RE = re.compile(r"answer is\s*:?\s*(.+?)\s*\.?\s*$", re.I | re.S)
+_RATIONALE_END_RE = re.compile(r"\s*(?:so\s+)?the answer is\b.*$", re.I | re.S)
+
+
+def _norm_text(s: str) -> str:
+    return re.sub(r"[^a-z0-9 ]+", "", s.lower()).strip()
+
+
+def extract_answer(completion: str, choices: Choices | None = None) -> str:
+    """The label a completion commits to, or INVALID.
+
+    Reads the first answer (up to the first stop string) and takes the last "answer is (x)" in it. With
+    ``choices`` given, a label outside them is INVALID and "the answer is <choice text>" maps to its label.
+    """
+    text = truncate_at_stop(completion)
+    valid = {label for label, _ in choices} if choices else set(LABELS)
+    matches = list(_ANSWER_RE.finditer(text))
+    if matches:
+        m = matches[-1]
+        label = (m.group(1) or m.group(2)).lower()
+        return label if label in valid else INVALID
+    if choices:
+        m = _ANSWER_TEXT_RE.search(text)
+        if m:
+            said = _norm_text(m.group(1))
+            hits = [label for label, choice in choices if _norm_text(choice) == said]
+            if len(hits) == 1:
+                return hits[0]
+    return INVALID
+
+
+def clean_rationale(text: str) -> str:
+    """The reasoning alone: cut at the stop strings, drop the closing answer sentence, squash whitespace."""
+    text = truncate_at_stop(text)
+    text = _RATIONALE_END_RE.sub("", text)
+    return " ".join(text.split())
+
+
+def majority_vote(labels: Iterable[str]) -> tuple[str, dict[str, int]]:
+    """Self-consistency: the most frequent valid label (ties go to the first seen) and the vote counts.
+
+    Returns INVALID only when no chain produced a parsable answer.
+    """
+    counts = Counter(label for label in labels if label != INVALID)
+    if not counts:
+        return INVALID, {}
+    best = max(counts.values())
+    for label in counts:  # Counter keeps first-seen order
+        if counts[label] == best:
+            return label, dict(counts)
+    raise AssertionError("unreachable")

