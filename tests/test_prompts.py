@@ -15,9 +15,9 @@ from scotd_harness.prompts import available, load_prompt
 
 #: Tasks with no train split: their exemplars are written by the project (ids "scotd-written-N").
 WRITTEN = {"imdb_original", "imdb_contrast"}
-#: Tasks whose exemplars must also stay out of the train-holdout tenth (used for development evaluation where the
-#: official dev split is kept aside). CSQA keeps Wei et al.'s 7 exemplars, two of which fall in that tenth.
-FIT_ONLY = {"openbookqa", "quarel", "csqa2"}
+#: Every other task's exemplars come from train-fit: real training questions outside the train-holdout tenth (used for
+#: development evaluation where the official dev split is kept aside).
+SPLIT = "train-fit"
 
 
 @lru_cache(maxsize=None)
@@ -86,7 +86,7 @@ def test_render_and_parse_back(task):
 @pytest.mark.parametrize("task", [t for t in TASKS if t not in WRITTEN])
 def test_exemplars_are_real_training_questions(task, data_dir):
     root = str(data_dir)
-    split = "train-fit" if task in FIT_ONLY else "train"
+    split = SPLIT  # never plain "train": that would let an exemplar sit in train-holdout
     train = _examples(task, split, root)
     validation = _validation(task, root)
     for ex in load_prompt(task).exemplars:
