@@ -1,0 +1,79 @@
+"""`scotd sample`: N chain-of-thought rationales per question from a teacher, into a resumable corpus."""
+
+from __future__ import annotations
+
+import click
+
+from . import data_dir_option, task_option
+
+
+def generation_options(f):
+    """Sampling options shared by the commands that generate (-n, temperature, max new tokens, seed)."""
+    f = click.option("--seed", default=0, show_default=True, help="Sampling seed (recorded in every row).")(f)
+    f = click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(1),
+                     help="Longest chain, in teacher tokens.")(f)
+    f = click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(0.0),
+                     help="Sampling temperature (the paper uses 1.0; 0 is greedy).")(f)
+    f = click.option("-n", "--num-samples", "n", default=30, show_default=True, type=click.IntRange(1),
+                     help="Chains per question (the paper samples 30).")(f)
+    return f
+
+
+@click.command("sample")
+@task_option
+@click.option("--split", default="train", show_default=True, help="Dataset split to sample on.")
+@click.option("--teacher", required=True, metavar="BACKEND:MODEL",
+              help="hf:embedded, hf:<model dir or hub id>, or openai:<model served at --api-base>.")
+@generation_options
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Corpus file (JSONL) to append to.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run with the same settings.")
+@click.option("--limit", type=click.IntRange(1), help="Only the first LIMIT questions of the split.")
+@click.option("--num-exemplars", type=click.IntRange(1),
+              help="Use only the first K few-shot exemplars (default: all; recorded in the settings).")
+@click.option("--questions-per-call", default=8, show_default=True, type=click.IntRange(1),
+              help="Questions handed to the teacher per call (chains are written after each call).")
+@click.option("--api-base", envvar="OPENAI_BASE_URL", help="openai backend: endpoint base URL, e.g. http://host:8000/v1.")
+@click.option("--api-key", envvar="OPENAI_API_KEY", help="openai backend: API key (default $OPENAI_API_KEY).")
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1),
+              help="openai backend: requests in flight.")
+@click.option("--max-retries", default=6, show_default=True, type=click.IntRange(0),
+              help="openai backend: retries per request on 429/5xx/time-outs, with exponential backoff.")
+@click.option("--device", help="hf backend: torch device (default cuda if available, else cpu).")
+@click.option("--batch-rows", default=64, show_default=True, type=click.IntRange(1),
+              help="hf backend: sample rows decoded together (questions per batch = rows // n).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@data_dir_option
+def command(task, split, teacher, n, temperature, max_new_tokens, seed, out, resume, limit, num_exemplars,
+            questions_per_call, api_base, api_key, concurrency, max_retries, device, batch_rows, progress, data_dir):
+    """Sample N chains per question of TASK/SPLIT from a teacher into OUT (one JSON line per chain).
+
+    \b
+    Example:
+        scotd sample --task csqa --split train --teacher hf:embedded -n 30 --temperature 1.0 --out corpus.jsonl
+        scotd sample ... --teacher openai:my-model --api-base http://127.0.0.1:8000/v1 --out corpus.jsonl --resume
+    """
+    from ..datasets import load_examples
+    from ..prompts import PromptSet, load_prompt
+    from ..sampling import SampleSettings, check_output, run_sampling
+    from ..teacher import get_teacher, parse_teacher
+
+    backend_name, _ = parse_teacher(teacher)
+    prompt = load_prompt(task)
+    if num_exemplars is not None:
+        prompt = PromptSet(prompt.task, prompt.prompt_version, prompt.exemplars[:num_exemplars])
+    examples = load_examples(task, split, data_dir=data_dir, limit=limit)
+    settings = SampleSettings(task=task, split=split, teacher=teacher, n=n, temperature=temperature,
+                              max_new_tokens=max_new_tokens, prompt_version=prompt.prompt_version, seed=seed,
+                              limit=limit, num_exemplars=num_exemplars)
+    check_output(out, settings, resume)  # refuse a clobber or a mismatched resume before the (slow) teacher load
+    if backend_name == "hf":
+        kwargs = dict(device=device, max_batch_rows=batch_rows, seed=seed)
+    else:
+        kwargs = dict(api_base=api_base, api_key=api_key, concurrency=concurrency, max_retries=max_retries, seed=seed)
+    backend = get_teacher(teacher, **kwargs)
+    try:
+        summary = run_sampling(examples, lambda ex: prompt.render(ex.question, ex.choices), backend, settings, out,
+                               resume=resume, questions_per_call=questions_per_call, progress=progress)
+    finally:
+        backend.close()
+    click.echo(summary.line())

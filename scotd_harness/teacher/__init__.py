@@ -1,0 +1,96 @@
+"""Teacher backends: one small interface, registered by name and imported only when asked for.
+
+A backend turns prompts into sampled completions::
+
+    backend.sample(prompts, n, temperature, max_new_tokens, stop) -> list[list[Completion]]
+
+one inner list of `n` completions per prompt, in prompt order. `Completion.text` is already cut at the first stop
+string (the stop string itself is not included); `logprob` is the summed log-probability the teacher gave the
+tokens that make up that text (None where the backend gives none) and `num_tokens` their count, so a per-token
+mean is `logprob / num_tokens`.
+
+The registry maps names to lazy ``"module:Class"`` strings, as lm-eval's model registry does, so
+`--teacher openai:...` never imports torch. A teacher is named ``BACKEND:MODEL`` on the command line:
+``hf:embedded``, ``hf:/path/to/model``, ``openai:meta-llama/Llama-3.1-70B``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .. import formats
+from ..errors import ScotdError
+
+#: backend name -> "module:Class"; modules import on first use.
+BACKENDS: dict[str, str] = {
+    "hf": "scotd_harness.teacher.hf:HFTeacher",
+    "openai": "scotd_harness.teacher.openai_backend:OpenAITeacher",
+}
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    logprob: float | None = None
+    num_tokens: int | None = None
+    finish_reason: str | None = None  # "stop" (stop string or end of sequence) or "length"
+
+
+class TeacherBackend:
+    """Base class: subclasses implement `sample`; `name` is the `BACKEND:MODEL` string recorded in corpus rows."""
+
+    backend: str = ""
+
+    def __init__(self, model: str):
+        self.model = model
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}:{self.model}"
+
+    def sample(
+        self,
+        prompts: Sequence[str],
+        n: int,
+        temperature: float,
+        max_new_tokens: int,
+        stop: Sequence[str],
+    ) -> list[list[Completion]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections or memory; a no-op by default."""
+
+
+def parse_teacher(spec: str) -> tuple[str, str]:
+    """'hf:embedded' -> ('hf', 'embedded'). The model part may itself hold colons (paths, 'org/name:tag')."""
+    backend, sep, model = spec.partition(":")
+    if not sep or not model:
+        raise ScotdError(f"teacher {spec!r} is not BACKEND:MODEL (backends: {', '.join(BACKENDS)}), e.g. hf:embedded")
+    if backend not in BACKENDS:
+        raise ScotdError(f"unknown teacher backend {backend!r} in {spec!r}; known backends: {', '.join(BACKENDS)}")
+    return backend, model
+
+
+def backend_class(name: str) -> type[TeacherBackend]:
+    if name not in BACKENDS:
+        raise ScotdError(f"unknown teacher backend {name!r}; known backends: {', '.join(BACKENDS)}")
+    module_name, _, cls_name = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
+def get_teacher(spec: str, **kwargs) -> TeacherBackend:
+    """A backend instance for 'BACKEND:MODEL'; kwargs go to the backend's constructor (typed options)."""
+    backend, model = parse_teacher(spec)
+    return backend_class(backend)(model, **kwargs)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """(text before the earliest stop string, whether one was found); the cutting itself is `formats`'."""
+    cut = formats.truncate_at_stop(text, stop)
+    return cut, len(cut) < len(text)
+
+
+__all__ = ["BACKENDS", "Completion", "TeacherBackend", "parse_teacher", "backend_class", "get_teacher", "cut_at_stop"]
