@@ -90,3 +90,111 @@ def read_corpus(path: str | Path, *, tolerate_torn_tail: bool = True) -> Iterato
                 return
             raise DataFormatError(path, lineno, "<line>", f"not valid JSON ({e.msg})") from None
         yield CorpusRow.from_dict(d, path, lineno)
+
+
+def write_corpus(rows, path: str | Path) -> int:
+    """Write rows as a new corpus file (atomically: a temp file renamed into place); returns the count."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    count = 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(row.to_json() + "\n")
+            count += 1
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return count
+
+
+# --- statistics -------------------------------------------------------------------------------------------------
+
+
+def _percentiles(values: list[float], qs=(10, 50, 90)) -> dict:
+    """mean, nearest-rank percentiles and max (no numpy: `corpus stats` stays light)."""
+    if not values:
+        return {"mean": None, **{f"p{q}": None for q in qs}, "max": None}
+    ordered = sorted(values)
+    out = {"mean": sum(ordered) / len(ordered)}
+    for q in qs:
+        rank = max(1, -(-q * len(ordered) // 100))  # ceil(q/100 * n), 1-based
+        out[f"p{q}"] = ordered[rank - 1]
+    out["max"] = ordered[-1]
+    return out
+
+
+def corpus_stats(rows) -> dict:
+    """Chains per question, teacher accuracy, unparsed share, rationale length (words, and teacher tokens where
+    recorded) and duplicate share (chains repeating an earlier chain of the same question, after whitespace and
+    case are normalised)."""
+    from collections import Counter, defaultdict
+
+    per_question: Counter = Counter()
+    seen: dict[tuple[str, str], set[str]] = defaultdict(set)
+    checked = correct = unparsed = duplicates = 0
+    words: list[float] = []
+    tokens: list[float] = []
+    solved: dict[tuple[str, str], bool] = {}
+    teachers: Counter = Counter()
+    chains = 0
+    for row in rows:
+        chains += 1
+        q = (row.task, row.id)
+        per_question[q] += 1
+        teachers[row.teacher or "?"] += 1
+        if row.correct is not None:
+            checked += 1
+            correct += bool(row.correct)
+            solved[q] = solved.get(q, False) or bool(row.correct)
+        unparsed += row.prediction == formats.INVALID
+        norm = " ".join(row.rationale.lower().split())
+        duplicates += norm in seen[q]
+        seen[q].add(norm)
+        words.append(len(row.rationale.split()))
+        if row.num_tokens is not None:
+            tokens.append(row.num_tokens)
+    counts = list(per_question.values())
+    return {
+        "questions": len(per_question),
+        "chains": chains,
+        "chains_per_question": {"min": min(counts, default=0), "mean": (chains / len(counts)) if counts else 0.0,
+                                "max": max(counts, default=0)},
+        "teacher_accuracy": (correct / checked) if checked else None,
+        "questions_with_a_correct_chain": (sum(solved.values()) / len(solved)) if solved else None,
+        "unparsed_share": (unparsed / chains) if chains else None,
+        "duplicate_share": (duplicates / chains) if chains else None,
+        "rationale_words": _percentiles(words),
+        "teacher_tokens": _percentiles(tokens) if tokens else None,
+        "teachers": dict(teachers),
+    }
+
+
+def format_stats(stats: dict) -> str:
+    """The statistics as an aligned two-column table."""
+
+    def pct(x):
+        return "n/a" if x is None else f"{x:.1%}"
+
+    def dist(d):
+        if not d or d["mean"] is None:
+            return "n/a"
+        return f"mean {d['mean']:.1f}, p10 {d['p10']}, median {d['p50']}, p90 {d['p90']}, max {d['max']}"
+
+    cpq = stats["chains_per_question"]
+    lines = [
+        ("questions", str(stats["questions"])),
+        ("chains", str(stats["chains"])),
+        ("chains per question", f"min {cpq['min']}, mean {cpq['mean']:.2f}, max {cpq['max']}"),
+        ("teacher accuracy", pct(stats["teacher_accuracy"])),
+        ("questions with a correct chain", pct(stats["questions_with_a_correct_chain"])),
+        ("unparsed share", pct(stats["unparsed_share"])),
+        ("duplicate share", pct(stats["duplicate_share"])),
+        ("rationale length (words)", dist(stats["rationale_words"])),
+        ("chain length (teacher tokens)", dist(stats["teacher_tokens"])),
+        ("teachers", ", ".join(f"{k} ({v})" for k, v in stats["teachers"].items()) or "n/a"),
+    ]
+    width = max(len(k) for k, _ in lines)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
