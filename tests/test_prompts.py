@@ -15,6 +15,8 @@ from scotd_harness.prompts import available, load_prompt
 
 #: Tasks with no train split: their exemplars are written by the project (ids "scotd-written-N").
 WRITTEN = {"imdb_original", "imdb_contrast"}
+#: The built-in demonstration set ships its own questions; its exemplars are written too (tested below).
+DEMO = {"demo"}
 #: Every other task's exemplars come from train-fit: real training questions outside the train-holdout tenth (used for
 #: development evaluation where the official dev split is kept aside).
 SPLIT = "train-fit"
@@ -49,7 +51,7 @@ def test_prompt_set_is_well_formed(task):
     prompt = load_prompt(task)
     assert prompt.task == task
     assert prompt.prompt_version.startswith(f"{task}-v")
-    assert len(prompt.exemplars) >= 6
+    assert len(prompt.exemplars) >= (5 if task in DEMO else 6)  # the demo keeps its prompt short, for speed
     ids = [ex["id"] for ex in prompt.exemplars]
     assert len(set(ids)) == len(ids), "duplicate exemplar ids"
     n_choices = TASKS[task][1]
@@ -83,7 +85,7 @@ def test_render_and_parse_back(task):
         assert formats.extract_answer(target + "\n\nQ: next", choices) == ex["answer"], ex["id"]
 
 
-@pytest.mark.parametrize("task", [t for t in TASKS if t not in WRITTEN])
+@pytest.mark.parametrize("task", [t for t in TASKS if t not in WRITTEN | DEMO])
 def test_exemplars_are_real_training_questions(task, data_dir):
     root = str(data_dir)
     split = SPLIT  # never plain "train": that would let an exemplar sit in train-holdout
@@ -113,3 +115,9 @@ def test_written_exemplars_are_not_evaluation_reviews(task, data_dir):
 
 def test_imdb_tasks_share_exemplars():
     assert load_prompt("imdb_original").exemplars == load_prompt("imdb_contrast").exemplars
+
+
+def test_demo_exemplars_are_written_and_not_demo_questions():
+    questions = {ex.question for split in ("train", "validation") for ex in load_examples("demo", split)}
+    for ex in load_prompt("demo").exemplars:
+        assert ex["id"].startswith("scotd-written-demo-") and ex["question"] not in questions

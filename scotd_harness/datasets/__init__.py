@@ -28,6 +28,7 @@ TASKS: dict[str, tuple[str, int, str]] = {
     "imdb_original": ("imdb_contrast", 2, "IMDb contrast set, original reviews"),
     "imdb_contrast": ("imdb_contrast", 2, "IMDb contrast set, contrast reviews"),
     "csqa2": ("csqa2", 2, "CommonsenseQA 2.0"),
+    "demo": ("demo", 5, "built-in demonstration set (not a benchmark)"),
 }
 SPLIT_ALIASES = {"dev": "validation", "val": "validation"}
 HOLDOUT_SPLITS = ("train-fit", "train-holdout")
