@@ -126,6 +126,9 @@ class OpenAITeacher(TeacherBackend):
         except RetryError as e:  # pragma: no cover - reraise=True re-raises the last error instead
             raise ScotdError(f"teacher endpoint kept failing: {e}") from e
         except self._openai.APIError as e:
+            if self._retryable(e):
+                raise ScotdError(f"teacher endpoint {self.client.base_url} kept failing after {self.max_retries} "
+                                 f"retries: {_describe(e)}") from e
             raise ScotdError(f"teacher endpoint {self.client.base_url} refused the request: {_describe(e)}") from e
         choices = sorted(response.choices, key=lambda c: c.index)
         if len(choices) != n:
