@@ -90,3 +90,15 @@ def test_extraction_on_the_palm_540b_chains(data_dir):
             parsed += 1
             matched += label == F.LABELS[row["choices"].index(row["answer"])]
     assert (parsed, matched) == (9559, 7385)
+
+
+def test_extraction_on_recorded_embedded_model_outputs(fixtures_dir):
+    """12 completions of the embedded SmolLM2-135M under the CSQA teacher prompt (6 CSQA dev questions, greedy
+    and sampled at T=1.0), recorded verbatim; expected labels checked by hand. They run on past the blank line
+    into invented questions, say "(a) completion job", or never commit ("So that would be (b)")."""
+    rows = [json.loads(line) for line in open(fixtures_dir / "embedded_teacher_outputs.jsonl", encoding="utf-8")]
+    assert len(rows) == 12
+    for row in rows:
+        choices = [tuple(c) for c in row["choices"]]
+        assert F.extract_answer(row["completion"], choices) == row["expected"], row["completion"]
+    assert sum(row["expected"] == F.INVALID for row in rows) == 2
