@@ -35,3 +35,103 @@ def embedded_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+# ---------------------------------------------------------------------------------------------- ONNX student
+#: Bump when the export changes, so cached test exports are rebuilt rather than trusted.
+ONNX_TEST_EXPORT_VERSION = 1
+
+
+def _cached_export(name: str, build) -> Path:
+    """Build an export once per machine under the user cache (keyed by name and version), under a file lock."""
+    import fcntl
+
+    from scotd_harness.datasets.base import cache_dir
+
+    root = cache_dir() / "test-exports"
+    target = root / f"{name}-v{ONNX_TEST_EXPORT_VERSION}"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "scotd.json").is_file():
+            build(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def onnx_student_dir(embedded_model_dir) -> Path:
+    """The embedded model exported to ONNX (fp32, default route: fused GroupQueryAttention), parity-checked.
+
+    Exported once per machine and reused across test sessions (a few minutes the first time)."""
+    from scotd_harness.export.exporter import export
+
+    return _cached_export(
+        "embedded-fp32", lambda out: export("embedded", out, threads=2, overwrite=True, progress=lambda m: None)
+    )
+
+
+@pytest.fixture(scope="session")
+def onnx_student_int4_dir(onnx_student_dir, data_dir) -> Path:
+    """The same export quantised to 4-bit MatMulNBits (accuracy change measured on 4 CSQA dev questions)."""
+    from scotd_harness.export.exporter import derive
+
+    return _cached_export(
+        "embedded-int4",
+        lambda out: derive(onnx_student_dir, out, "int4", accuracy_sample=4, threads=2, overwrite=True,
+                           progress=lambda m: None),
+    )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(directory: Path, *extra: str, timeout: float = 120.0):
+    """Start `scotd serve DIRECTORY` as a real subprocess on 127.0.0.1; returns (process, base URL) once ready.
+
+    Stop it with `stop_server(process)`."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    cmd = [sys.executable, "-c", "from scotd_harness.cli import cli; cli()", "serve", str(directory),
+           "--port", str(port), "--threads", "2", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"scotd serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.3)
+    stop_server(proc)
+    raise RuntimeError(f"scotd serve did not become ready within {timeout} s")
+
+
+def stop_server(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except Exception:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def serve_url(onnx_student_dir):
+    """Base URL (http://127.0.0.1:PORT, no /v1) of `scotd serve` running the fp32 embedded export."""
+    proc, url = start_server(onnx_student_dir)
+    try:
+        yield url
+    finally:
+        stop_server(proc)

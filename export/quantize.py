@@ -1,0 +1,157 @@
+"""Weight quantisation of an exported graph: 4-bit MatMulNBits (the fast one) and dynamic int8 (the simple one).
+
+int4: onnxruntime's `MatMulNBitsQuantizer`, block 32, symmetric, accuracy level 4 (int8 activations on CPU), every
+MatMul with a constant weight, the lm_head included. A tied lm_head often reaches its MatMul through a Transpose of
+the embedding table; the quantiser only takes constant weights, so the graph is first saved at onnxruntime's basic
+optimisation level, which folds that Transpose into a constant.
+int8: `quantize_dynamic`, per-channel int8 weights, int8 activations quantised at run time.
+fp16: `onnxruntime.transformers.float16` (weights, activations and cache in half precision; for GPUs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+QUANTIZATIONS = ("int4", "int8")
+INT4_BLOCK_SIZE = 32
+INT4_ACCURACY_LEVEL = 4
+
+
+def _fold_constants(src: Path, dst: Path) -> None:
+    """Save `src` after onnxruntime's basic (provider-independent) optimisations: constant folding included."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(dst)
+    so.add_session_config_entry("session.optimized_model_external_initializers_file_name", dst.name + ".data")
+    so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+
+
+def _save(model, path: Path) -> None:
+    import onnx
+
+    for stale in (path, path.with_name(path.name + ".data")):
+        stale.unlink(missing_ok=True)
+    onnx.save_model(
+        model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data"
+    )
+
+
+def _unfuse_transposed_matmuls(model) -> int:
+    """FusedMatMul(A, W, transB=1) with a constant W -> MatMul(A, W^T): the quantiser takes plain MatMuls only.
+
+    onnxscript's ORT rules fold a tied lm_head's Transpose into a FusedMatMul over the embedding table; without this
+    the lm_head (the largest MatMul of a small model) would stay in fp32. The embedding keeps its own table.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    changed = 0
+    for i, node in enumerate(model.graph.node):
+        if node.op_type != "FusedMatMul" or node.domain != "com.microsoft" or node.input[1] not in inits:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("transA", 0) or not attrs.get("transB", 0) or attrs.get("alpha", 1.0) != 1.0:
+            continue
+        if attrs.get("transBatchA", 0) or attrs.get("transBatchB", 0):
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if weight.ndim != 2:
+            continue
+        name = node.input[1] + "_transposed"
+        if name not in inits:
+            inits[name] = numpy_helper.from_array(weight.T.copy(), name)
+            model.graph.initializer.append(inits[name])
+        matmul = onnx.helper.make_node("MatMul", [node.input[0], name], list(node.output), name=node.name + "_unfused")
+        model.graph.node.remove(node)
+        model.graph.node.insert(i, matmul)
+        changed += 1
+    return changed
+
+
+def quantize_int4(src: Path, dst: Path) -> dict:
+    """4-bit MatMulNBits, block 32, lm_head included. Returns a description for scotd.json."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        folded = Path(tmp) / "folded.onnx"
+        _fold_constants(src, folded)
+        model = onnx.load(str(folded))
+        unfused = _unfuse_transposed_matmuls(model)
+        quant = MatMulNBitsQuantizer(
+            model,
+            bits=4,
+            block_size=INT4_BLOCK_SIZE,
+            is_symmetric=True,
+            accuracy_level=INT4_ACCURACY_LEVEL,
+            op_types_to_quantize=("MatMul", "Gather"),
+            quant_axes=(("MatMul", 0), ("Gather", 1)),
+        )
+        qlog = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+        level = qlog.level
+        qlog.setLevel(logging.WARNING)  # it logs every node at INFO
+        try:
+            quant.process()
+        finally:
+            qlog.setLevel(level)
+        qmodel = quant.model.model
+        matmuls = sum(1 for n in qmodel.graph.node if n.op_type == "MatMul")
+        nbits = sum(1 for n in qmodel.graph.node if n.op_type == "MatMulNBits")
+        gathers = sum(1 for n in qmodel.graph.node if n.op_type == "GatherBlockQuantized")
+        _save(qmodel, dst)
+    log.info("int4: %d MatMulNBits, %d float MatMul left", nbits, matmuls)
+    return {
+        "method": "MatMulNBits",
+        "bits": 4,
+        "block_size": INT4_BLOCK_SIZE,
+        "symmetric": True,
+        "accuracy_level": INT4_ACCURACY_LEVEL,
+        "quantized_matmuls": nbits,
+        "float_matmuls_left": matmuls + sum(1 for n in qmodel.graph.node if n.op_type == "FusedMatMul"),
+        "quantized_embeddings": gathers,
+        "lm_head_unfused": unfused,
+    }
+
+
+def quantize_int8(src: Path, dst: Path) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    for stale in (dst, dst.with_name(dst.name + ".data")):
+        stale.unlink(missing_ok=True)
+    quantize_dynamic(
+        str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
+        use_external_data_format=True,
+    )
+    return {"method": "dynamic", "bits": 8, "per_channel": True, "op_types": ["MatMul"]}
+
+
+def convert_fp16(src: Path, dst: Path) -> dict:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    model = convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=True)
+    _save(model, dst)
+    return {"dtype": "fp16"}
+
+
+def apply(kind: str, src: Path, dst: Path) -> dict:
+    if kind == "int4":
+        return quantize_int4(src, dst)
+    if kind == "int8":
+        return quantize_int8(src, dst)
+    raise ValueError(f"quantization must be one of {QUANTIZATIONS}, not {kind!r}")
+
+
+def model_size_mb(path: Path) -> float:
+    files = [path, path.with_name(path.name + ".data")]
+    return round(sum(os.path.getsize(f) for f in files if f.exists()) / 2**20, 1)

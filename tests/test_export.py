@@ -1,0 +1,77 @@
+"""Export: the three families, parity recorded, atomic failure, quantisation with its accuracy change."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from scotd_harness.errors import ScotdError
+from scotd_harness.export.exporter import export
+from scotd_harness.export.parity import ParityError
+from scotd_harness.export.runtime import GenerationConfig, OnnxStudent
+from tiny_students import make_tiny_student
+
+QUIET = {"threads": 2, "progress": lambda msg: None}
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory, embedded_model_dir):
+    root = tmp_path_factory.mktemp("tiny")
+    return {f: make_tiny_student(f, root / f, embedded_model_dir) for f in ("opt", "gpt2", "llama")}
+
+
+@pytest.mark.parametrize("family,attention", [("opt", "mask"), ("gpt2", "mask"), ("llama", "gqa")])
+def test_export_families(tiny_dirs, tmp_path, family, attention):
+    out = export(tiny_dirs[family], tmp_path / "onnx", **QUIET)
+    meta = json.loads((out / "scotd.json").read_text())
+    assert meta["family"] == family and meta["graph"]["attention"] == attention
+    assert meta["parity"]["passed"] and meta["parity"]["max_abs_diff"] <= meta["parity"]["atol"]
+    assert all(p["same_tokens"] for p in meta["parity"]["prompts"])
+    for name in ("model.onnx", "tokenizer.json", "config.json", "generation_config.json"):
+        assert (out / name).is_file()
+    gens = OnnxStudent(out, threads=2).generate(["Q: a?\nA:"], GenerationConfig(max_new_tokens=4, stop=()))
+    assert len(gens) == 1 and gens[0].prompt_tokens > 0
+    assert not [p for p in tmp_path.iterdir() if "staging" in p.name]
+
+
+def test_failed_parity_leaves_nothing(tiny_dirs, tmp_path):
+    out = tmp_path / "onnx"
+    with pytest.raises(ParityError, match="max \\|logit diff\\|"):
+        export(tiny_dirs["gpt2"], out, atol=1e-12, **QUIET)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_non_empty_target_and_unknown_family(tiny_dirs, tmp_path):
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "onnx" / "keep.txt").write_text("x")
+    with pytest.raises(ScotdError, match="not empty"):
+        export(tiny_dirs["opt"], tmp_path / "onnx", **QUIET)
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_dirs["opt"], bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["model_type"] = "bert"
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ScotdError, match="not a supported student family"):
+        export(bad, tmp_path / "o2", **QUIET)
+    with pytest.raises(ScotdError, match="Llama-family"):
+        export(tiny_dirs["opt"], tmp_path / "o3", route="dynamo-gqa", **QUIET)
+
+
+def test_embedded_fp32_parity(onnx_student_dir):
+    meta = json.loads((onnx_student_dir / "scotd.json").read_text())
+    assert meta["route"] == "dynamo-gqa" and meta["graph"]["attention"] == "gqa"
+    assert meta["graph"]["fusions"]["gqa"] == meta["graph"]["num_layers"] == 30
+    assert meta["parity"]["passed"], meta["parity"]
+
+
+def test_embedded_int4(onnx_student_int4_dir):
+    meta = json.loads((onnx_student_int4_dir / "scotd.json").read_text())
+    q = meta["quantization"]
+    assert q["method"] == "MatMulNBits" and q["block_size"] == 32 and q["bits"] == 4
+    assert q["float_matmuls_left"] == 0  # lm_head included
+    change = meta["accuracy_change"]
+    assert change["n"] == 4 and "change" in change and change["task"] == "csqa"
+    assert meta["size_mb"] < 200
