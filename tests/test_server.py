@@ -1,0 +1,74 @@
+"""`scotd serve` as a real subprocess, driven with the `openai` client and plain HTTP."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from openai import BadRequestError, OpenAI, UnprocessableEntityError
+
+from scotd_harness import formats
+
+PROMPT = formats.student_input("Where would you put a plate after washing it?",
+                               [("a", "cupboard"), ("b", "restaurant"), ("c", "dishwasher")])
+
+
+@pytest.fixture(scope="module")
+def client(serve_url):
+    return OpenAI(base_url=serve_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_completions_openai_schema(client):
+    r = client.completions.create(model="student", prompt=PROMPT, max_tokens=8, temperature=0, logprobs=2,
+                                  stop=["\n\n"])
+    (choice,) = r.choices
+    assert choice.index == 0 and choice.finish_reason in ("stop", "length")
+    assert len(choice.logprobs.tokens) == len(choice.logprobs.token_logprobs) == r.usage.completion_tokens
+    assert all(len(t) <= 2 for t in choice.logprobs.top_logprobs)
+    assert "".join(choice.logprobs.tokens) == choice.text
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    again = client.completions.create(model="student", prompt=PROMPT, max_tokens=8, temperature=0, stop=["\n\n"])
+    assert again.choices[0].text == choice.text
+
+
+def test_completions_n_and_prompt_list(client):
+    r = client.completions.create(model="student", prompt=[PROMPT, "Q: Is ice cold?\nA:"], max_tokens=6, n=3,
+                                  temperature=0.8, seed=1, logprobs=0)
+    assert [c.index for c in r.choices] == list(range(6))
+    assert all(c.logprobs.top_logprobs is None and len(c.logprobs.token_logprobs) == len(c.logprobs.tokens)
+               for c in r.choices)
+    assert any(c.logprobs.tokens for c in r.choices)
+    r2 = client.completions.create(model="student", prompt=[PROMPT, "Q: Is ice cold?\nA:"], max_tokens=6, n=3,
+                                   temperature=0.8, seed=1)
+    assert [c.text for c in r.choices] == [c.text for c in r2.choices]
+
+
+def test_answer_endpoint(serve_url):
+    r = httpx.post(serve_url + "/v1/answer", json={"question": "Where do you keep milk?",
+                                                   "choices": ["fridge", "oven", "shoe"], "max_tokens": 32},
+                   timeout=120)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["answer"] == formats.INVALID or body["answer"] in "abc"
+    assert set(body) >= {"rationale", "answer", "votes", "chains"}
+    r = httpx.post(serve_url + "/v1/answer", json={"question": "Where do you keep milk?", "choices": ["fridge", "oven"],
+                                                   "n": 3, "temperature": 0.7, "max_tokens": 16, "seed": 0},
+                   timeout=120)
+    assert r.status_code == 200 and len(r.json()["chains"]) == 3
+
+
+def test_bad_requests_get_4xx_with_reason(client, serve_url):
+    with pytest.raises(UnprocessableEntityError):
+        client.completions.create(model="student", prompt=PROMPT, max_tokens=4, n=0)
+    with pytest.raises(BadRequestError, match="stream"):
+        client.completions.create(model="student", prompt=PROMPT, max_tokens=4, stream=True)
+    r = httpx.post(serve_url + "/v1/completions", json={"prompt": "x" * 400_000, "max_tokens": 1}, timeout=30)
+    assert r.status_code == 413 and "bytes" in r.text
+    r = httpx.post(serve_url + "/v1/answer", json={"question": "q", "choices": ["only one"]}, timeout=30)
+    assert r.status_code == 422
+    r = httpx.post(serve_url + "/v1/completions", content=b"{not json", headers={"content-type": "application/json"},
+                   timeout=30)
+    assert r.status_code == 422
+    r = httpx.post(serve_url + "/v1/completions", json={"prompt": "hi", "max_tokens": 9000}, timeout=30)
+    assert r.status_code == 422 and "max_tokens" in r.text
+    r = httpx.get(serve_url + "/v1/models", timeout=30)
+    assert r.status_code == 200 and r.json()["data"]
