@@ -52,7 +52,8 @@ class ImportReport:
             f"  parsed to a label: {self.parsed} ({self.parsed / self.chains:.1%})" if self.chains else "  no chains",
         ]
         if self.with_gold:
-            out.append(f"  match gold: {self.matches_gold} of {self.with_gold} ({self.matches_gold / self.with_gold:.1%})")
+            share = self.matches_gold / self.with_gold
+            out.append(f"  match gold: {self.matches_gold} of {self.with_gold} ({share:.1%})")
         out.extend(f"  note: {n}" for n in self.notes)
         return out
 

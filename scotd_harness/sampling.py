@@ -159,11 +159,21 @@ def prepare_output(out: str | os.PathLike, settings: SampleSettings, resume: boo
     return {row.key for row in read_corpus(out, tolerate_torn_tail=False)}
 
 
-def make_row(example, index: int, completion, settings: SampleSettings) -> CorpusRow:
-    """One chain as a corpus line: the answer parsed and checked by `formats`, provenance recorded."""
+def make_row(example, index: int, completion, settings: SampleSettings, token_logprobs: bool = True) -> CorpusRow:
+    """One chain as a corpus line: the answer parsed and checked by `formats`, provenance recorded, and (where
+    the backend gives them and `token_logprobs`) the per-token log-probabilities, rounded to 4 decimals."""
     raw = completion.text
     prediction = formats.extract_answer(raw, example.choices)
     correct = None if example.answer is None else prediction == example.answer
+    extra = {
+        "split": settings.split,
+        "seed": settings.seed,
+        "max_new_tokens": settings.max_new_tokens,
+        "finish_reason": completion.finish_reason,
+    }
+    per_token = getattr(completion, "token_logprobs", None)
+    if token_logprobs and per_token is not None:
+        extra["token_logprobs"] = [round(x, 4) for x in per_token]
     return CorpusRow(
         task=example.task,
         id=example.id,
@@ -180,12 +190,7 @@ def make_row(example, index: int, completion, settings: SampleSettings) -> Corpu
         prompt_version=settings.prompt_version,
         temperature=settings.temperature,
         raw=raw,
-        extra={
-            "split": settings.split,
-            "seed": settings.seed,
-            "max_new_tokens": settings.max_new_tokens,
-            "finish_reason": completion.finish_reason,
-        },
+        extra=extra,
     )
 
 
@@ -200,6 +205,7 @@ def run_sampling(
     questions_per_call: int = 8,
     stop: Sequence[str] = formats.STOP_STRINGS,
     progress: bool | None = None,
+    token_logprobs: bool = True,
 ) -> SampleSummary:
     """Sample `settings.n` chains for each example into `out`.
 
@@ -243,7 +249,7 @@ def run_sampling(
                         if len(completions) != len(missing):
                             raise ScotdError(f"teacher returned {len(completions)} chains, {len(missing)} asked")
                         for index, completion in zip(missing, completions):
-                            row = make_row(ex, index, completion, settings)
+                            row = make_row(ex, index, completion, settings, token_logprobs)
                             f.write(row.to_json() + "\n")
                             f.flush()
                             summary.chains_written += 1

@@ -122,7 +122,8 @@ def test_open_ended_ranks_questions_by_unique_bigrams(rows):
 def test_chained_filters_and_bad_specs(rows):
     kept = apply_filters(rows, ["correct", "random-k:k=1"])
     assert len(kept) == 2 and all(r.correct for r in kept)
-    for spec, msg in [("nope", "unknown corpus filter"), ("random-k:z=1", "unknown option"), ("random-k:k=0", "at least 1"),
+    for spec, msg in [("nope", "unknown corpus filter"), ("random-k:z=1", "unknown option"),
+                      ("random-k:k=0", "at least 1"),
                       ("correct:1", "too many values")]:
         with pytest.raises(ScotdError, match=msg):
             get_filter(spec)
@@ -152,7 +153,8 @@ def test_write_and_read_corpus_tolerates_torn_tail(tmp_path, rows):
 
 
 def test_parse_prompt_question():
-    prompt = "Q: old?\nAnswer Choices:\n(a) x\n(b) y\nA: r. So the answer is: (a)\n\nQ: New one?\nAnswer Choices:\n(a) p q\n(b) r\nA: "
+    prompt = ("Q: old?\nAnswer Choices:\n(a) x\n(b) y\nA: r. So the answer is: (a)\n\n"
+              "Q: New one?\nAnswer Choices:\n(a) p q\n(b) r\nA: ")
     assert parse_prompt_question(prompt) == ("New one?", [["a", "p q"], ["b", "r"]])
 
 
@@ -211,7 +213,8 @@ def test_cli_import_stats_filter(tmp_path, fixtures_dir, data_dir):
     res = runner.invoke(cli, ["corpus", "stats", str(out)])
     assert "duplicate share" in res.output and "20.0%" in res.output
     filtered = tmp_path / "f.jsonl"
-    res = runner.invoke(cli, ["corpus", "filter", str(out), "--out", str(filtered), "-f", "correct", "-f", "random-k:1"])
+    res = runner.invoke(cli, ["corpus", "filter", str(out), "--out", str(filtered), "-f", "correct",
+                              "-f", "random-k:1"])
     assert res.exit_code == 0, res.output
     assert len(list(read_corpus(filtered))) == 2
     res = runner.invoke(cli, ["corpus", "filter", str(out), "--out", str(filtered)])

@@ -162,6 +162,9 @@ def test_scotd_sample_through_the_endpoint_keeps_the_key_secret(api_base, data_d
     rows = list(read_corpus(out))
     assert len(rows) == 4 and {r.sample_index for r in rows} == {0, 1}
     assert all(r.teacher == "openai:student" and r.logprob is not None for r in rows)
+    for r in rows:  # per-token log-probabilities kept, summing to the chain's
+        assert len(r.extra["token_logprobs"]) == r.num_tokens
+        assert sum(r.extra["token_logprobs"]) == pytest.approx(r.logprob, abs=1e-3 * (r.num_tokens + 1))
     for path in (out, out.with_name(out.name + ".meta.json")):
         assert secret not in path.read_text()
     assert secret not in res.output

@@ -231,3 +231,6 @@ def test_sigkill_mid_run_then_resume(tmp_path, data_dir, embedded_model_dir):
     assert len(after) == len(set(after)) == 10
     assert set(before) <= set(after)
     assert {k[2] for k in after} == {0, 1} and len({k[1] for k in after}) == 5
+    rows = list(read_corpus(out))
+    assert all(r.teacher == "hf:embedded" and r.logprob is not None and r.num_tokens <= 16 for r in rows)
+    assert all(len(r.extra["token_logprobs"]) == r.num_tokens for r in rows)

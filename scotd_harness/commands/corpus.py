@@ -28,7 +28,8 @@ def _refuse_clobber(out: str, force: bool) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Filtered corpus to write.")
 @click.option("-f", "--filter", "filters", multiple=True, metavar="NAME[:OPTS]",
               help="A filter, repeatable, applied in order: correct, all, random-k:k=5, likelihood-k:k=5, "
-                   "diversity-k:k=5[,embedder=tfidf], open-ended[:fraction=0.5]. Default: correct.")
+                   "diversity-k:k=5[,embedder=tfidf], open-ended[:fraction=0.5]. Default: correct. diversity-k's "
+                   "default embedder needs the 'diversity' extra: pip install 'scotd-harness[diversity]'.")
 @click.option("--list", "list_only", is_flag=True, help="List the filters and their options, then exit.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def filter_cmd(corpus, out, filters, list_only, force):

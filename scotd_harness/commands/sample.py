@@ -30,9 +30,11 @@ def generation_options(f):
 @click.option("--limit", type=click.IntRange(1), help="Only the first LIMIT questions of the split.")
 @click.option("--num-exemplars", type=click.IntRange(1),
               help="Use only the first K few-shot exemplars (default: all; recorded in the settings).")
-@click.option("--questions-per-call", default=8, show_default=True, type=click.IntRange(1),
-              help="Questions handed to the teacher per call (chains are written after each call).")
-@click.option("--api-base", envvar="OPENAI_BASE_URL", help="openai backend: endpoint base URL, e.g. http://host:8000/v1.")
+@click.option("--questions-per-call", type=click.IntRange(1),
+              help="Questions handed to the teacher per call; their chains are written when it returns. "
+                   "Default: 8 for hf, 2 x --concurrency for openai (keeps every connection busy).")
+@click.option("--api-base", envvar="OPENAI_BASE_URL",
+              help="openai backend: endpoint base URL, e.g. http://host:8000/v1.")
 @click.option("--api-key", envvar="OPENAI_API_KEY", help="openai backend: API key (default $OPENAI_API_KEY).")
 @click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1),
               help="openai backend: requests in flight.")
@@ -41,10 +43,14 @@ def generation_options(f):
 @click.option("--device", help="hf backend: torch device (default cuda if available, else cpu).")
 @click.option("--batch-rows", default=64, show_default=True, type=click.IntRange(1),
               help="hf backend: sample rows decoded together (questions per batch = rows // n).")
+@click.option("--token-logprobs/--no-token-logprobs", default=True, show_default=True,
+              help="Keep each chain's per-token teacher log-probabilities (where the backend gives them) besides "
+                   "their sum.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @data_dir_option
 def command(task, split, teacher, n, temperature, max_new_tokens, seed, out, resume, limit, num_exemplars,
-            questions_per_call, api_base, api_key, concurrency, max_retries, device, batch_rows, progress, data_dir):
+            questions_per_call, api_base, api_key, concurrency, max_retries, device, batch_rows, token_logprobs,
+            progress, data_dir):
     """Sample N chains per question of TASK/SPLIT from a teacher into OUT (one JSON line per chain).
 
     \b
@@ -70,10 +76,13 @@ def command(task, split, teacher, n, temperature, max_new_tokens, seed, out, res
         kwargs = dict(device=device, max_batch_rows=batch_rows, seed=seed)
     else:
         kwargs = dict(api_base=api_base, api_key=api_key, concurrency=concurrency, max_retries=max_retries, seed=seed)
+    if questions_per_call is None:
+        questions_per_call = 8 if backend_name == "hf" else 2 * concurrency
     backend = get_teacher(teacher, **kwargs)
     try:
         summary = run_sampling(examples, lambda ex: prompt.render(ex.question, ex.choices), backend, settings, out,
-                               resume=resume, questions_per_call=questions_per_call, progress=progress)
+                               resume=resume, questions_per_call=questions_per_call, progress=progress,
+                               token_logprobs=token_logprobs)
     finally:
         backend.close()
     click.echo(summary.line())

@@ -6,8 +6,8 @@ A backend turns prompts into sampled completions::
 
 one inner list of `n` completions per prompt, in prompt order. `Completion.text` is already cut at the first stop
 string (the stop string itself is not included); `logprob` is the summed log-probability the teacher gave the
-tokens that make up that text (None where the backend gives none) and `num_tokens` their count, so a per-token
-mean is `logprob / num_tokens`.
+tokens that make up that text (None where the backend gives none), `num_tokens` their count, so a per-token
+mean is `logprob / num_tokens`, and `token_logprobs` the individual values.
 
 The registry maps names to lazy ``"module:Class"`` strings, as lm-eval's model registry does, so
 `--teacher openai:...` never imports torch. A teacher is named ``BACKEND:MODEL`` on the command line:
@@ -36,6 +36,8 @@ class Completion:
     logprob: float | None = None
     num_tokens: int | None = None
     finish_reason: str | None = None  # "stop" (stop string or end of sequence) or "length"
+    #: the per-token log-probabilities summed in `logprob`, where the backend gives them
+    token_logprobs: tuple[float, ...] | None = None
 
 
 class TeacherBackend:

@@ -83,7 +83,8 @@ class HFTeacher(TeacherBackend):
         per_batch = max(1, self.max_batch_rows // max(n, 1))
         out: list[list[Completion]] = []
         for start in range(0, len(prompts), per_batch):
-            out.extend(self._sample_batch(list(prompts[start : start + per_batch]), n, temperature, max_new_tokens, stop))
+            chunk = list(prompts[start : start + per_batch])
+            out.extend(self._sample_batch(chunk, n, temperature, max_new_tokens, stop))
         return out
 
     def _sample_batch(self, prompts, n, temperature, max_new_tokens, stop) -> list[list[Completion]]:
@@ -168,4 +169,5 @@ class HFTeacher(TeacherBackend):
             # straddles the cut is kept; a stop string that is a token of its own is not)
             while k > 0 and len(self.tokenizer.decode(tokens[: k - 1], skip_special_tokens=True)) >= len(text):
                 k -= 1
-        return Completion(text=text, logprob=float(sum(lps[:k])), num_tokens=k, finish_reason=finish)
+        kept = tuple(float(x) for x in lps[:k])
+        return Completion(text=text, logprob=float(sum(kept)), num_tokens=k, finish_reason=finish, token_logprobs=kept)

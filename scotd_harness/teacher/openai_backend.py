@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 from ..errors import ScotdError
 from . import Completion, TeacherBackend, cut_at_stop
@@ -55,6 +56,8 @@ class OpenAITeacher(TeacherBackend):
             raise ScotdError("the openai backend needs the `openai` package: pip install openai") from e
         self._openai = openai
         api_base = api_base or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        if urlsplit(api_base).path.strip("/") == "":  # "http://host:8000" means the usual "/v1" root
+            api_base = api_base.rstrip("/") + "/v1"
         api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"  # local servers check no key
         # retries are ours (tenacity, below), so the client's own are off
         self.client = openai.OpenAI(base_url=api_base, api_key=api_key, max_retries=0, timeout=timeout)
@@ -158,6 +161,10 @@ def _to_completion(choice, stop: Sequence[str]) -> Completion:
                 kept.append(x)
                 length += len(tok)
             token_lps = [x for x in kept if x is not None]
+        token_lps = tuple(float(x) for x in token_lps)
         logprob, num_tokens = float(sum(token_lps)), len(token_lps)
+    else:
+        token_lps = None
     finish = choice.finish_reason or None
-    return Completion(text=text, logprob=logprob, num_tokens=num_tokens, finish_reason=finish)
+    return Completion(text=text, logprob=logprob, num_tokens=num_tokens, finish_reason=finish,
+                      token_logprobs=token_lps)
