@@ -1,0 +1,44 @@
+"""`scotd pipeline`: the whole method as one resumable job."""
+
+import click
+
+from ..pipeline import STAGES, load_config, run_pipeline
+
+
+@click.command("pipeline")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="YAML file of settings (keys of PipelineConfig; see README). Without one: the demonstration run.")
+@click.option("--out", default="scotd-run", show_default=True, type=click.Path(file_okay=False),
+              help="Run directory: every stage's outputs, stages.json and config.json.")
+@click.option("--from", "from_stage", type=click.Choice(STAGES), help="Rerun this stage and every stage after it.")
+@click.option("--until", type=click.Choice(STAGES), help="Stop after this stage.")
+@click.option("--report/--no-report", default=True, show_default=True, help="Write report.md and plots at the end.")
+def command(config_path, out, from_stage, until, report):
+    """Sample -> filter -> train -> evaluate -> export -> infer, in one run directory.
+
+    \b
+    With no --config it runs offline on the embedded SmolLM2-135M-Instruct (teacher and student) and the
+    built-in demonstration set (24 written questions; a demonstration, not a benchmark): every stage in a few
+    minutes on two CPU cores.
+    With --config it runs the real thing, e.g.:
+        task: csqa
+        teacher: openai:meta-llama/Llama-3.1-70B
+        api_base: http://127.0.0.1:8000/v1
+        student: facebook/opt-1.3b
+        n: 30
+        temperature: 1.0
+        filters: [correct]
+        train: {num_train_epochs: 3, learning_rate: 2e-5}
+
+    A finished stage is recorded in stages.json and skipped when the command runs again, so a killed run
+    resumes where it stopped; sampling and training also resume inside their stage.
+    """
+    cfg = load_config(config_path)
+    say = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    run = run_pipeline(cfg, out, from_stage=from_stage, until=until, say=say)
+    if report and (until is None or until == STAGES[-1]):
+        from ..report import write_report
+
+        path = write_report(run.root)
+        say(f"report: {path}")
+    click.echo(str(run.root))
