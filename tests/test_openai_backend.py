@@ -22,6 +22,8 @@ from scotd_harness.corpus import read_corpus
 from scotd_harness.errors import ScotdError
 from scotd_harness.teacher import get_teacher
 
+pytestmark = pytest.mark.slow  # a real model behind a real server
+
 PROMPTS = [
     formats.student_input("Where do you put grapes before checking out?", [("a", "mouth"), ("b", "grocery cart")]),
     formats.student_input("What colour is the sky?", [("a", "blue"), ("b", "green")]),

@@ -98,7 +98,8 @@ class HFTeacher(TeacherBackend):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
             # 1. prefill: one forward pass over the prompts fills the KV cache
-            out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+            # (logits for the last position only: the full [rows, length, vocab] tensor would take gigabytes)
+            out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
             self.prefill_tokens += int(mask.sum())
             cache, logits = out.past_key_values, out.logits[:, -1, :].float()
             if self.shared_prefill:
