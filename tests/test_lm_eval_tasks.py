@@ -18,7 +18,7 @@ from scotd_harness import formats, lm_eval_hook
 from scotd_harness.datasets import TASKS
 from scotd_harness.errors import ScotdError
 
-DATASETS = ["csqa", "quarel", "openbookqa", "imdb_original", "imdb_contrast", "csqa2"]
+DATASETS = ["csqa", "quarel", "openbookqa", "imdb_original", "imdb_contrast", "csqa2", "demo"]
 VARIANTS = ("", "_sc", "_fewshot", "_direct")
 ALL_TASKS = sorted(f"scotd_{d}{v}" for d in DATASETS for v in VARIANTS)
 TAGS = {"scotd": {"scotd_csqa", "scotd_quarel", "scotd_openbookqa"},
@@ -210,26 +210,29 @@ def test_misspelled_task_fails_with_lm_evals_message(data_dir, embedded_model_di
 @pytest.mark.slow
 def test_stock_cli_runs_greedy_and_self_consistency(data_dir, embedded_model_dir, tmp_path):
     """`lm_eval` on real CSQA and OBQA dev questions with the embedded model: greedy rows and maj@N / maj@8 rows,
-    each with accuracy and the share of unparsable outputs. Few questions and short chains keep it quick."""
+    each with accuracy and the share of unparsable outputs. The self-consistency task is the installed
+    scotd_openbookqa_sc with N set to 8 the documented way (a YAML that includes it); few questions and short
+    chains keep it quick."""
+    sc_yaml = tmp_path / "obqa_sc8.yaml"
+    sc_yaml.write_text(
+        f"include: {lm_eval_hook.tasks_dir() / 'openbookqa' / 'scotd_openbookqa_sc.yaml'}\n"
+        "task: scotd_openbookqa_sc8\nrepeats: 8\n"
+    )
     out = tmp_path / "out"
     proc = subprocess.run(
         [*_lm_eval_cli(), "--model", "hf", "--model_args", f"pretrained={embedded_model_dir}",
-         "--tasks", "scotd_csqa,scotd_openbookqa,scotd_openbookqa_sc", "--limit", "2", "--device", "cpu",
-         "--batch_size", "16", "--gen_kwargs", "max_gen_toks=24", "--seed", "0,1234,1234,1234",
-         "--output_path", str(out)],
+         "--tasks", f"scotd_csqa,scotd_openbookqa,{sc_yaml}", "--limit", "2", "--device", "cpu",
+         "--batch_size", "16", "--gen_kwargs", "max_gen_toks=16", "--output_path", str(out)],
         capture_output=True, text=True, env=_env(data_dir), cwd=tmp_path, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "invalid_rate" in proc.stdout and "maj@8" in proc.stdout
     (results_file,) = glob.glob(str(out / "*" / "results_*.json"))
-    results = json.loads(Path(results_file).read_text())["results"]
-    rows = {
-        "scotd_csqa": ["greedy"],
-        "scotd_openbookqa": ["greedy"],
-        "scotd_openbookqa_sc": ["maj@N", "maj@8"],
-    }
+    report = json.loads(Path(results_file).read_text())
+    assert report["configs"]["scotd_openbookqa_sc8"]["repeats"] == 8
+    rows = {"scotd_csqa": ["greedy"], "scotd_openbookqa": ["greedy"], "scotd_openbookqa_sc8": ["maj@N", "maj@8"]}
     for task, filters in rows.items():
-        assert results[task]["sample_len"] == 2
+        assert report["results"][task]["sample_len"] == 2
         for f in filters:
-            assert 0.0 <= results[task][f"acc,{f}"] <= 1.0
-            assert 0.0 <= results[task][f"invalid_rate,{f}"] <= 1.0
+            assert 0.0 <= report["results"][task][f"acc,{f}"] <= 1.0
+            assert 0.0 <= report["results"][task][f"invalid_rate,{f}"] <= 1.0

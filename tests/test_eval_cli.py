@@ -1,0 +1,62 @@
+"""`scotd eval`: a thin command over lm_eval.simple_evaluate that writes results.json (atomically) and results.md."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from scotd_harness.cli import cli
+from scotd_harness.errors import ScotdError
+from scotd_harness.evaluate import _write_atomic, resolve_task_names, split_task_list
+
+
+class _FakeTaskManager:
+    all_tasks = ["scotd", "scotd_csqa", "scotd_csqa_sc", "scotd_quarel", "commonsense_qa"]
+
+    def match_tasks(self, patterns):
+        import fnmatch
+
+        return sorted({n for p in patterns for n in fnmatch.filter(self.all_tasks, p)})
+
+
+def test_task_names_and_patterns_resolve_in_order():
+    tm = _FakeTaskManager()
+    assert split_task_list("scotd_csqa, scotd_q*,") == ["scotd_csqa", "scotd_q*"]
+    assert resolve_task_names(tm, ["scotd_csqa_sc", "scotd_csqa*"]) == ["scotd_csqa_sc", "scotd_csqa"]
+    with pytest.raises(ScotdError, match="unknown task.*scotd_csqaa.*scotd_csqa_sc"):
+        resolve_task_names(tm, ["scotd_csqaa"])
+
+
+def test_results_are_written_atomically(tmp_path):
+    target = tmp_path / "results.json"
+    _write_atomic(target, '{"a": 1}')
+    _write_atomic(target, '{"a": 2}')
+    assert json.loads(target.read_text()) == {"a": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_too_few_self_consistency_samples_is_refused_before_any_work():
+    result = CliRunner().invoke(cli, ["eval", "embedded", "--tasks", "scotd_csqa_sc", "--sc-samples", "4"])
+    assert result.exit_code == 2 and "--sc-samples" in result.output
+
+
+@pytest.mark.slow
+def test_scotd_eval_writes_json_and_table(data_dir, embedded_model_dir, tmp_path):
+    """The embedded model on one CSQA dev question: self-consistency with N set to 8, and the direct answer."""
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(
+        cli,
+        ["eval", "embedded", "--tasks", "scotd_csqa_sc,scotd_csqa_direct", "--limit", "1", "--sc-samples", "8",
+         "--max-gen-toks", "16", "--device", "cpu", "--data-dir", str(data_dir), "--output", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "scotd_csqa_sc" in result.output and "maj@8" in result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["scotd"]["sc_samples"] == 8 and results["scotd"]["tasks"] == ["scotd_csqa_sc", "scotd_csqa_direct"]
+    assert results["configs"]["scotd_csqa_sc"]["repeats"] == 8
+    for key in ("acc,maj@N", "acc,maj@8", "invalid_rate,maj@N"):
+        assert 0.0 <= results["results"]["scotd_csqa_sc"][key] <= 1.0
+    assert results["results"]["scotd_csqa_direct"]["invalid_rate,none"] == 0.0
+    assert "scotd_csqa_direct" in (out / "results.md").read_text()
