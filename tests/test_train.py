@@ -1,0 +1,327 @@
+"""Student training: target-only labels, balanced chain sampling, bad input, a real short run on the embedded
+model, label-only, packing, LoRA, dev-set selection, multi-process `accelerate launch` and resume after a kill.
+
+The heavier runs use a tiny random Llama with the embedded tokenizer, so they check the mechanics in seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scotd_harness import formats
+from scotd_harness.corpus import read_corpus
+from scotd_harness.errors import ScotdError
+
+CORPUS_NAME = "tiny_csqa_corpus.jsonl"
+
+
+@pytest.fixture(scope="module")
+def corpus(fixtures_dir) -> Path:
+    return fixtures_dir / CORPUS_NAME
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory, embedded_model_dir) -> Path:
+    """A 2-layer, 64-wide random Llama with the embedded tokenizer, saved as safetensors."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         eos_token_id=2, pad_token_id=2, bos_token_id=1, tie_word_embeddings=True)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy2(embedded_model_dir / name, out / name)
+    return out
+
+
+def config(tmp_path, student, corpus, **kw):
+    from scotd_harness.train import DistillConfig
+
+    base = dict(student=str(student), corpus=str(corpus), output_dir=str(tmp_path / "student"), max_length=160,
+                per_device_train_batch_size=2, max_steps=2, save_steps=100, logging_steps=1, seed=0,
+                disable_tqdm=True, dataloader_pin_memory=False, use_cpu=True)
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def fixture_rows(corpus) -> list[dict]:
+    return [json.loads(line) for line in corpus.read_text().splitlines() if line.strip()]
+
+
+# --- examples and labels ---------------------------------------------------------------------------------------
+
+
+def test_prompt_tokens_are_masked_and_target_is_the_formats_text(tmp_path, corpus, embedded_model_dir):
+    from scotd_harness.train import IGNORE_INDEX, CorpusStats, build_questions, load_tokenizer
+
+    tokenizer, _ = load_tokenizer(str(embedded_model_dir))
+    rows = list(read_corpus(corpus))
+    stats = CorpusStats()
+    questions = build_questions(rows, tokenizer, config(tmp_path, embedded_model_dir, corpus), stats)
+    assert stats.dropped == {"no parsed answer": 1}  # the fixture's "[invalid]" chain
+    assert len(questions) == 6 and stats.chains == 11
+    first = next(r for r in rows if r.id == "q1" and r.sample_index == 0)
+    ex = questions[0].example(0)
+    n_prompt = len(tokenizer(first.student_input(), add_special_tokens=False)["input_ids"])
+    assert ex["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert all(label != IGNORE_INDEX for label in ex["labels"][n_prompt:])
+    assert ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:]
+    assert tokenizer.decode(ex["input_ids"][:n_prompt]) == first.student_input()
+    target = tokenizer.decode(ex["labels"][n_prompt:])
+    assert target == first.student_target() + tokenizer.eos_token
+    assert target.startswith(" ") and target.endswith("So the answer is: (a)" + tokenizer.eos_token)
+
+
+def test_label_only_targets_are_the_direct_answer(tmp_path, corpus, embedded_model_dir):
+    from scotd_harness.train import IGNORE_INDEX, CorpusStats, build_questions, load_tokenizer
+
+    tokenizer, _ = load_tokenizer(str(embedded_model_dir))
+    cfg = config(tmp_path, embedded_model_dir, corpus, label_only=True)
+    questions = build_questions(list(read_corpus(corpus)), tokenizer, cfg, CorpusStats())
+    assert len(questions) == 6 and all(len(q.targets) == 1 for q in questions)
+    ex = questions[1].example(0)
+    target = [t for t in ex["labels"] if t != IGNORE_INDEX]
+    assert tokenizer.decode(target) == formats.direct_target("b") + tokenizer.eos_token
+
+
+def test_balanced_draw_is_deterministic_per_epoch_and_covers_chains():
+    from scotd_harness.train import BalancedChainDataset, Question
+
+    questions = [Question(("csqa", f"q{i}"), [1], [[10 + j] for j in range(4)]) for i in range(20)]
+    a, b = BalancedChainDataset(questions, seed=3), BalancedChainDataset(questions, seed=3)
+    draws = []
+    for epoch in range(4):
+        a.set_epoch(epoch)
+        b.set_epoch(epoch)
+        draws.append([a[i]["input_ids"][1] for i in range(len(a))])
+        assert draws[-1] == [b[i]["input_ids"][1] for i in range(len(b))]
+        assert len(a) == 20  # one example per question per epoch
+    assert len({tuple(d) for d in draws}) > 1  # a new draw each epoch
+    assert {x for d in draws for x in d} == {10, 11, 12, 13}
+    other = BalancedChainDataset(questions, seed=4)
+    other.set_epoch(0)
+    assert [other[i]["input_ids"][1] for i in range(20)] != draws[0]
+
+
+def test_packed_batch_does_not_attend_across_examples(tmp_path, corpus, embedded_model_dir):
+    """Packing concatenates examples with restarting position ids: each example's logits must equal its logits
+    alone, and the loss the padded batch's (a random model is too insensitive to context to show a leak)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from scotd_harness.train import CorpusStats, PadCollator, build_questions, load_tokenizer, make_collator
+
+    tokenizer, _ = load_tokenizer(str(embedded_model_dir))
+    cfg = config(tmp_path, embedded_model_dir, corpus, batching="packed")
+    questions = build_questions(list(read_corpus(corpus)), tokenizer, cfg, CorpusStats())
+    features = [q.example(0) for q in questions[:3]]
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir).eval()  # config.use_cache is True here
+    with torch.no_grad():
+        packed_batch = make_collator(cfg, tokenizer)(features)
+        assert packed_batch["input_ids"].shape[0] == 1 and "position_ids" in packed_batch
+        packed = model(**packed_batch)
+        padded = model(**PadCollator(tokenizer.pad_token_id)(features))
+        offset = 0
+        for f in features:
+            n = len(f["input_ids"])
+            alone = model(input_ids=torch.tensor([f["input_ids"]])).logits[0]
+            assert torch.allclose(alone, packed.logits[0, offset:offset + n], atol=1e-3)
+            offset += n
+    assert torch.allclose(padded.loss, packed.loss, atol=1e-4), (padded.loss, packed.loss)
+
+
+# --- bad input ---------------------------------------------------------------------------------------------------
+
+
+def test_empty_corpus_is_refused(tmp_path, tiny_llama):
+    from scotd_harness.train import train
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ScotdError, match="holds no rows"):
+        train(config(tmp_path, tiny_llama, empty))
+
+
+def test_corpus_of_another_task_is_refused(tmp_path, corpus, tiny_llama):
+    from scotd_harness.train import train
+
+    with pytest.raises(ScotdError, match="task.*quarel"):
+        train(config(tmp_path, tiny_llama, corpus, task="quarel"))
+    rows = fixture_rows(corpus)
+    rows[0]["task"] = "openbookqa"
+    mixed = write_rows(tmp_path / "mixed.jsonl", rows)
+    with pytest.raises(ScotdError, match="mixes tasks"):
+        train(config(tmp_path, tiny_llama, mixed))
+
+
+def test_chains_without_a_parsed_answer_are_dropped_or_refused(tmp_path, corpus, tiny_llama):
+    from scotd_harness.train import train
+
+    rows = [dict(r, prediction=formats.INVALID) for r in fixture_rows(corpus)]
+    invalid = write_rows(tmp_path / "invalid.jsonl", rows)
+    with pytest.raises(ScotdError, match="no usable example"):
+        train(config(tmp_path, tiny_llama, invalid))
+
+
+def test_student_without_pad_token_pads_with_eos_and_says_so(tmp_path, tiny_llama, caplog):
+    from scotd_harness.train import load_tokenizer
+
+    copy = tmp_path / "nopad"
+    shutil.copytree(tiny_llama, copy)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        d = json.loads((copy / name).read_text())
+        d.pop("pad_token", None)
+        (copy / name).write_text(json.dumps(d))
+    tokenizer, from_eos = load_tokenizer(str(copy))
+    assert from_eos and tokenizer.pad_token == tokenizer.eos_token
+    assert "no pad token" in caplog.text
+
+
+def test_student_without_pad_or_eos_token_is_refused(monkeypatch):
+    import transformers
+
+    from scotd_harness.train import load_tokenizer
+
+    class Bare:
+        pad_token = eos_token = None
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: Bare())
+    with pytest.raises(ScotdError, match="neither a pad nor an EOS"):
+        load_tokenizer("bare-model")
+
+
+def test_cli_reports_bad_input_cleanly(tmp_path):
+    from click.testing import CliRunner
+
+    from scotd_harness.cli import cli
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = CliRunner().invoke(cli, ["train", "--corpus", str(empty), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 1 and "holds no rows" in result.output
+    help_text = CliRunner().invoke(cli, ["train", "--help"]).output
+    for flag in ("--label-only", "--chains [balanced|all]", "--batching", "--lora", "--resume", "--dev-fraction",
+                 "--grad-accum", "--precision"):
+        assert flag in help_text
+
+
+# --- training runs -----------------------------------------------------------------------------------------------
+
+
+def _load(out: Path):
+    from transformers import AutoModelForCausalLM
+
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
+    return AutoModelForCausalLM.from_pretrained(out), json.loads((out / "scotd.json").read_text())
+
+
+@pytest.mark.slow
+def test_embedded_student_trains_and_saves(tmp_path, corpus, embedded_model_dir):
+    """Three steps on the real 135M student: parameters move, the loss on a repeated batch falls."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from scotd_harness.train import train
+
+    cfg = config(tmp_path, "embedded", corpus, max_steps=3, learning_rate=1e-4, max_length=128,
+                 per_device_train_batch_size=11, chains="all", batching="padded")
+    out = train(cfg)
+    model, info = _load(out)
+    assert info["kind"] == "scotd" and info["format_version"] == formats.FORMAT_VERSION
+    assert info["base_model"] == "embedded" and info["tasks"] == ["csqa"]
+    assert info["corpus"]["path"] == CORPUS_NAME and info["result"]["global_step"] == 3
+    assert info["corpus"]["dropped"] == {"no parsed answer": 1}
+    base = AutoModelForCausalLM.from_pretrained(embedded_model_dir)
+    changed = [n for (n, p), (_, q) in zip(model.named_parameters(), base.named_parameters()) if not torch.equal(p, q)]
+    assert len(changed) > 10
+    history = json.loads(next(out.glob("checkpoint-*/trainer_state.json")).read_text())["log_history"]
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert len(losses) == 3 and losses[-1] < losses[0]  # the whole corpus is one batch: the same batch each step
+
+
+def test_label_only_tiny(tmp_path, corpus, tiny_llama):
+    from scotd_harness.train import train
+
+    out = train(config(tmp_path, tiny_llama, corpus, label_only=True, max_steps=3))
+    _, info = _load(out)
+    assert info["kind"] == "label-only" and info["formats"]["target"] == "formats.direct_target"
+    assert info["corpus"]["examples"] == 6 and info["result"]["global_step"] == 3
+
+
+def test_lora_is_merged_and_dev_set_keeps_the_best(tmp_path, corpus, tiny_llama):
+    from scotd_harness.train import train
+
+    cfg = config(tmp_path, tiny_llama, corpus, lora=True, lora_r=4, max_steps=4, learning_rate=1e-3,
+                 dev_fraction=0.3, eval_steps=2, batching="length")
+    assert cfg.load_best_model_at_end and cfg.save_steps == 2
+    out = train(cfg)
+    _, info = _load(out)
+    assert not (out / "adapter_config.json").exists()  # merged: a plain model directory
+    assert info["corpus"]["dev_questions"] >= 1
+    assert info["result"]["best_checkpoint"] in ("checkpoint-2", "checkpoint-4")
+    assert info["result"]["best_dev_loss"] is not None
+
+
+def test_accelerate_launch_two_processes(tmp_path, corpus, tiny_llama):
+    """Two CPU processes split each epoch's 6 questions (3 steps of 1 per process) and write one student.
+
+    accelerate 1.15's `launch --cpu --num_processes 2` starts a single process (its CPU multi-process path is
+    mpirun with --mpirun_hostfile); `--multi_gpu` is its torchrun launcher, which on a machine without GPUs
+    starts CPU processes that DistillConfig joins over gloo."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "scotd_harness.train",
+           "--student", str(tiny_llama), "--corpus", str(corpus), "--out", str(out), "--epochs", "1",
+           "--batch-size", "1", "--max-length", "160", "--save-steps", "100", "--seed", "0"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    model, info = _load(out)
+    assert info["training"]["world_size"] == 2
+    assert info["result"]["global_step"] == 3  # 6 questions / (2 processes x batch 1)
+
+
+KILL_AFTER_SAVE = """
+import os, signal, sys
+from transformers import TrainerCallback
+from scotd_harness.train import DistillConfig, train
+
+class Kill(TrainerCallback):
+    def on_save(self, args, state, control, **kw):
+        if state.global_step == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+cfg = DistillConfig(student=sys.argv[1], corpus=sys.argv[2], output_dir=sys.argv[3], max_steps=4, save_steps=2,
+                    per_device_train_batch_size=2, max_length=160, use_cpu=True, disable_tqdm=True,
+                    resume_from_checkpoint="last", save_total_limit=None)
+train(cfg, callbacks=[Kill()] if sys.argv[4] == "kill" else [])
+"""
+
+
+def test_resume_after_kill(tmp_path, corpus, tiny_llama):
+    out = tmp_path / "resumed"
+    script = tmp_path / "run.py"
+    script.write_text(KILL_AFTER_SAVE)
+    args = [sys.executable, str(script), str(tiny_llama), str(corpus), str(out)]
+    killed = subprocess.run(args + ["kill"], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (out / "checkpoint-2").is_dir() and not (out / "scotd.json").exists()
+    resumed = subprocess.run(args + ["go"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _, info = _load(out)
+    assert info["result"]["resumed_from"] == "checkpoint-2" and info["result"]["global_step"] == 4
