@@ -85,5 +85,5 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
 
 
-def main() -> None:  # pragma: no cover - console entry point alias
+if __name__ == "__main__":  # `python -m scotd_harness.cli`, the same CLI as the `scotd` script
     cli()

@@ -119,6 +119,11 @@ def evaluate(
         selected = list(loaded.values())
 
     pretrained = resolve_model(model)
+    if device is None and model_type == "hf":
+        # lm-eval's HFLM assumes cuda when no device is given, which fails on a CPU-only torch
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     results = lm_eval.simple_evaluate(
         model=model_type,
         model_args={"pretrained": pretrained},

@@ -172,6 +172,13 @@ def test_include_path_is_not_doubled():
     assert lm_eval_hook.with_scotd_tasks([str(ours) + "/"]) == [str(ours) + "/"]
 
 
+def test_onnx_model_is_registered_only_where_its_module_exists(monkeypatch):
+    """A missing adapter module leaves `scotd-onnx` unregistered, so lm-eval gives its own unknown-model error."""
+    assert lm_eval_hook.onnx_model_available()
+    monkeypatch.setattr(lm_eval_hook, "ONNX_MODEL_MODULE", "scotd_harness.export.no_such_module")
+    assert not lm_eval_hook.onnx_model_available()
+
+
 @pytest.mark.slow
 def test_stock_task_manager_lists_scotd_tasks_and_keeps_its_own(data_dir):
     """A fresh interpreter (the .pth hook, no --include_path): all 24 tasks and both tags, lm-eval's own
@@ -181,7 +188,8 @@ def test_stock_task_manager_lists_scotd_tasks_and_keeps_its_own(data_dir):
         "tm = TaskManager(); names = tm.all_tasks;"
         "print(json.dumps({'scotd': [n for n in names if n.startswith('scotd')], 'tags': tm.all_tags,"
         " 'theirs': [n for n in ('commonsense_qa', 'openbookqa') if n in names],"
-        " 'glob': tm.match_tasks(['scotd_*']), 'hf': get_model('hf').__name__}))"
+        " 'glob': tm.match_tasks(['scotd_*']), 'hf': get_model('hf').__name__,"
+        " 'onnx': get_model('scotd-onnx').__name__}))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(data_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -190,7 +198,7 @@ def test_stock_task_manager_lists_scotd_tasks_and_keeps_its_own(data_dir):
     assert set(TAGS) <= set(got["tags"])
     assert got["theirs"] == ["commonsense_qa", "openbookqa"]
     assert set(ALL_TASKS) <= set(got["glob"])
-    assert got["hf"] == "HFLM"
+    assert got["hf"] == "HFLM" and got["onnx"] == "ScotdOnnxLM"
 
 
 @pytest.mark.slow
