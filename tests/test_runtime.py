@@ -107,3 +107,29 @@ def test_int4_runs(onnx_student_int4_dir):
     meta = json.loads((onnx_student_int4_dir / "scotd.json").read_text())
     assert meta["quantization"]["bits"] == 4
     assert np.isfinite(meta["accuracy_change"]["change"])
+
+
+def test_infer_command(onnx_student_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from scotd_harness.cli import cli
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["infer", str(onnx_student_dir), "--task", "csqa", "--question",
+                                 "Where would you put a plate after washing it?", "--choices",
+                                 "cupboard|restaurant|dishwasher", "--max-new-tokens", "16", "--threads", "2"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.output.strip().splitlines()[-1])
+    assert set(row) >= {"answer", "rationale", "question"}
+    rows = tmp_path / "in.jsonl"
+    rows.write_text(
+        json.dumps({"id": "x1", "question": "A fox is a kind of?", "choices": ["animal", "rock"], "answer": "a"}) + "\n"
+        + json.dumps({"id": "x2", "question": "Ice is?", "choices": [["a", "cold"], ["b", "hot"]]}) + "\n"
+    )
+    result = runner.invoke(cli, ["infer", str(onnx_student_dir), "--input", str(rows), "-n", "2", "--seed", "0",
+                                 "--max-new-tokens", "16", "--threads", "2"])
+    assert result.exit_code == 0, result.output
+    out = [json.loads(line) for line in result.output.strip().splitlines()]
+    assert [o["id"] for o in out] == ["x1", "x2"] and "votes" in out[0] and "correct" in out[0]
+    bad = runner.invoke(cli, ["infer", str(onnx_student_dir), "--question", "q", "--choices", "only"])
+    assert bad.exit_code != 0 and "two" in bad.output
