@@ -190,29 +190,41 @@ class OnnxStudent:
         shape = (batch, self.kv_heads, length, self.head_dim)
         return [self._ortvalue(np.zeros(shape, self.kv_dtype)) for _ in range(2 * self.num_layers)]
 
-    def _run(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray | None, cache: list) -> tuple:
-        """One forward pass; returns (logits as numpy, the cache to use next)."""
-        io = self.session.io_binding()
+    def _run(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray | None, state: dict) -> np.ndarray:
+        """One forward pass; returns the logits as numpy and leaves the cache to use next in `state`.
+
+        The binding lives as long as the generation: for `gqa` graphs the cache buffers are bound once (past and
+        present alike) and each step rebinds only the new token, its position and the logits.
+        """
+        io = state.get("io")
+        if io is None:
+            io = state["io"] = self.session.io_binding()
+            io.bind_output("logits", "cpu")  # first, so outputs[0] is the logits and outputs[1:] the cache
+            if self.kind == "gqa":
+                self._bind_cache(io, state["cache"], shared=True)
         io.bind_cpu_input("input_ids", ids)
         if "position_ids" in self.input_names:
             io.bind_cpu_input("position_ids", positions)
         if "attention_mask" in self.input_names:
             io.bind_cpu_input("attention_mask", mask if mask is not None else np.ones(ids.shape, np.int64))
-        io.bind_output("logits", "cpu")  # first, so outputs[0] is the logits and outputs[1:] the cache
+        io.bind_output("logits", "cpu")  # a fresh allocation: the shape changes between prefill and decode
+        if self.kind == "mask":
+            self._bind_cache(io, state["cache"], shared=False)
+        self.session.run_with_iobinding(io)
+        outputs = io.get_outputs()
+        if self.kind == "mask":
+            state["cache"] = list(outputs[1:])
+        return outputs[0].numpy()
+
+    def _bind_cache(self, io, cache: list, shared: bool) -> None:
         for layer, pairs in enumerate(self.cache_names):
             for j, (past, present) in enumerate(pairs):
                 value = cache[2 * layer + j]
                 io.bind_ortvalue_input(past, value)
-                if self.kind == "gqa":
-                    io.bind_ortvalue_output(present, value)  # same buffer: written in place
+                if shared:
+                    io.bind_ortvalue_output(present, value)  # same buffer: the op writes the new step in place
                 else:
                     io.bind_output(present, self.device, self.device_id)
-        self.session.run_with_iobinding(io)
-        outputs = io.get_outputs()
-        logits = outputs[0].numpy()
-        if self.kind == "mask":
-            cache = list(outputs[1:])
-        return logits, cache
 
     def forward_logits(self, rows: list[list[int]]) -> list[np.ndarray]:
         """Full-sequence logits for each row (no cache kept): parity checks and log-likelihoods."""
@@ -242,8 +254,8 @@ class OnnxStudent:
             positions = np.clip(np.cumsum(mask[:, :width], axis=1) - 1, 0, None).astype(np.int64)
             cache = self._empty_cache(batch, 0)
             last = np.full(batch, width - 1)
-        logits, cache = self._run(ids, positions, None if mask is None else mask[:, :width], cache)
         state = {"cache": cache, "mask": mask, "lengths": lengths.copy(), "width": width}
+        logits = self._run(ids, positions, None if mask is None else mask[:, :width], state)
         if keep_all:
             if self.kind == "gqa":
                 state["all_logits"] = [logits[b, : lengths[b]] for b in range(batch)]
@@ -257,7 +269,7 @@ class OnnxStudent:
             return state
         cache = [self._ortvalue(np.repeat(v.numpy(), n, axis=0)) for v in state["cache"]]
         mask = None if state["mask"] is None else np.repeat(state["mask"], n, axis=0)
-        return {**state, "cache": cache, "mask": mask, "lengths": np.repeat(state["lengths"], n)}
+        return {**state, "cache": cache, "mask": mask, "lengths": np.repeat(state["lengths"], n), "io": None}
 
     def _step(self, state: dict, tokens: np.ndarray) -> np.ndarray:
         """Feed one token per row at the row's next position; returns the next logits (B, V)."""
@@ -268,7 +280,7 @@ class OnnxStudent:
             mask[:, col] = 1
             state["width"] = col + 1
             mask = mask[:, : col + 1]
-        logits, state["cache"] = self._run(tokens[:, None], lengths[:, None].copy(), mask, state["cache"])
+        logits = self._run(tokens[:, None], lengths[:, None].copy(), mask, state)
         state["lengths"] = lengths + 1
         return logits[:, -1]
 
