@@ -45,7 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--train-questions", type=int, default=None,
                    help="Subsample this many answer-filtered train questions (default: all, about 7.4k).")
     p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--max-steps", type=int, default=-1, help="If > 0, optimizer steps per training (overrides --epochs).")
+    p.add_argument("--max-steps", type=int, default=-1,
+                   help="If > 0, optimizer steps per training (overrides --epochs).")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--grad-accum", type=int, default=1)
@@ -58,7 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--eval-limit", type=int, default=None, help="Evaluate on the first N CSQA dev questions.")
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stages", default="import,train-label-only,train-scotd,eval-undistilled,eval-label-only,eval-scotd",
+    p.add_argument("--stages",
+                   default="import,train-label-only,train-scotd,eval-scotd,eval-label-only,eval-undistilled",
                    help="Comma-separated stages to run, in this order.")
     p.add_argument("--tag", default=None, help="Name of the report files (default: distill_csqa).")
     return p.parse_args(argv)
@@ -146,27 +148,20 @@ def stage_train(run: Run, name: str, label_only: bool) -> dict:
 
 
 def stage_eval(run: Run, name: str) -> dict:
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    import scotd_harness.tasks as tasks_pkg
-    from scotd_harness.embedded import resolve_model
+    """`scotd eval` (scotd_harness.evaluate) on the scotd_csqa task: the YAML the stock lm_eval CLI runs."""
+    from scotd_harness.evaluate import evaluate
 
     a = run.args
-    model = resolve_model(a.student) if name == "undistilled" else str(run.dir / name)
+    model = a.student if name == "undistilled" else str(run.dir / name)
+    out = run.dir / eval_key(name, a.eval_limit)
     started = time.time()
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    results = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={model},dtype=float32", tasks=["scotd_csqa"], device=device,
-        batch_size=a.eval_batch_size, limit=a.eval_limit, log_samples=True,
-        task_manager=TaskManager(include_path=str(Path(tasks_pkg.__file__).parent)),
-    )
-    res = results["results"]["scotd_csqa"]
+    output = evaluate(model, "scotd_csqa", limit=a.eval_limit, batch_size=a.eval_batch_size, output_dir=out,
+                      log_samples=True, seed=a.seed)
+    res = output.results["results"]["scotd_csqa"]
     acc = next(v for k, v in res.items() if k.startswith("acc,"))
     invalid = next((v for k, v in res.items() if k.startswith("invalid_rate,")), None)
-    samples = results.get("samples", {}).get("scotd_csqa", [])
+    samples_file = out / "samples_scotd_csqa.jsonl"
+    samples = [json.loads(line) for line in samples_file.read_text().splitlines()] if samples_file.is_file() else []
     examples = [{"id": s["doc"].get("id"), "gold": s["doc"].get("answer"),
                  "output": (s["resps"][0][0] if s.get("resps") else None)} for s in samples[:5]]
     return {"model": name, "acc": acc, "invalid_rate": invalid, "n": len(samples) or a.eval_limit,
@@ -200,19 +195,23 @@ def write_report(run: Run):
         inv = f"{rec['invalid_rate']:.1%}" if rec.get("invalid_rate") is not None else "?"
         lines.append(f"| {name} | {rec['n']}{'' if rec.get('eval_limit') is None else ' (first N)'} | "
                      f"{rec['acc']:.1%} | {inv} | {rec['wall_s']:.0f} | {PAPER[name]} |")
-    lines += ["", "| training | steps | s/step | train loss | best dev loss | wall s |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "| training | steps | wall s/step | CPU s/step | train loss | best dev loss | wall s |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for key in ("train-label-only", "train-scotd"):
         rec = st.get(key)
         if rec:
             best = f"{rec['best_dev_loss']:.4f}" if rec.get("best_dev_loss") is not None else "-"
-            lines.append(f"| {key[6:]} | {rec['global_step']} | {rec['s_per_step']} | {rec['train_loss']:.4f} | {best} "
-                         f"| {rec['wall_s']:.0f} |")
-    pending = [s for s in run.args.stages.split(",") if s and s not in st and eval_key(s[5:], run.args.eval_limit) not in st]
+            lines.append(f"| {key[6:]} | {rec['global_step']} | {rec['s_per_step']} | "
+                         f"{rec.get('cpu_s_per_step', '?')} | {rec['train_loss']:.4f} | {best} | {rec['wall_s']:.0f} |")
+    pending = [s for s in run.args.stages.split(",")
+               if s and s not in st and eval_key(s[5:], run.args.eval_limit) not in st]
     lines += ["", f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, torch threads "
               f"{_threads()}; device {_device()}.", "",
               "Commands:", ""] + [f"    {inv['command']}   # {inv['started']}" for inv in run.state["invocations"]]
     total = sum(rec.get("wall_s", 0) for rec in st.values() if isinstance(rec, dict))
-    lines += ["", f"Total wall time of the finished stages: {total / 60:.1f} min."]
+    cpu = sum(rec.get("cpu_s", 0) for rec in st.values() if isinstance(rec, dict))
+    lines += ["", f"Total wall time of the finished stages: {total / 60:.1f} min; process CPU time {cpu / 60:.1f} min "
+              f"(where recorded; the machine may have been shared, see the CPU column)."]
     if pending:
         lines += ["", f"Not finished yet: {', '.join(pending)} (rerun the same command to resume)."]
     (RESULTS / f"{run.tag}.md").write_text("\n".join(lines) + "\n")
@@ -244,7 +243,7 @@ def main(argv=None):
             log.info("stage %s: done already, skipped", key)
             continue
         log.info("stage %s: starting", key)
-        t0 = time.time()
+        t0, cpu0 = time.time(), time.process_time()
         if stage == "import":
             rec = stage_import(run)
         elif stage == "train-label-only":
@@ -256,6 +255,11 @@ def main(argv=None):
         else:
             raise SystemExit(f"unknown stage {stage}")
         rec.setdefault("wall_s", round(time.time() - t0, 1))
+        # CPU seconds of this process (all its threads): on a shared machine, wall time says little; CPU time
+        # divided by the thread count estimates the wall time on idle cores.
+        rec["cpu_s"] = round(time.process_time() - cpu0, 1)
+        if rec.get("global_step"):
+            rec["cpu_s_per_step"] = round(rec["cpu_s"] / rec["global_step"], 2)
         run.mark(key, rec)
         log.info("stage %s: done in %.0f s: %s", key, time.time() - t0,
                  {k: v for k, v in rec.items() if k not in ("examples", "import_report", "dev_loss_history", "stats")})

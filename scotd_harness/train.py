@@ -561,7 +561,8 @@ def train(cfg: DistillConfig, callbacks: list | None = None) -> Path:
             "training": cfg.summary(),
             "result": {"global_step": result.global_step, "train_loss": result.training_loss,
                        "best_checkpoint": os.path.basename(trainer.state.best_model_checkpoint or "") or None,
-                       "best_dev_loss": trainer.state.best_metric, "resumed_from": os.path.basename(resume or "") or None,
+                       "best_dev_loss": trainer.state.best_metric,
+                       "resumed_from": os.path.basename(resume or "") or None,
                        "wall_s": round(time.time() - started, 1)},
         }
         (out / SCOTD_JSON).write_text(json.dumps(info, indent=2) + "\n")

@@ -284,8 +284,8 @@ def test_accelerate_launch_two_processes(tmp_path, corpus, tiny_llama):
     mpirun with --mpirun_hostfile); `--multi_gpu` is its torchrun launcher, which on a machine without GPUs
     starts CPU processes that DistillConfig joins over gloo."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "scotd_harness.train",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "scotd_harness.train",
            "--student", str(tiny_llama), "--corpus", str(corpus), "--out", str(out), "--epochs", "1",
            "--batch-size", "1", "--max-length", "160", "--save-steps", "100", "--seed", "0"]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")

@@ -7,6 +7,7 @@ defined once, in `scotd_harness/train.py`. `DistillConfig` is imported only when
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 
@@ -83,7 +84,8 @@ def _run(**kwargs) -> None:
         out = train(DistillConfig(**kwargs))
     except ScotdError as e:
         raise click.ClickException(str(e)) from e
-    click.echo(f"student written to {out}")
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not per process of a distributed run
+        click.echo(f"student written to {out}")
 
 
 class _LazyCommand(click.Command):
