@@ -15,8 +15,10 @@ Batches (`batching`): ``length`` groups examples of similar length (transformers
 lengths are taken once, from the chains of epoch 0), ``packed`` concatenates a batch into one row with position ids
 restarting per example (padding-free; attention stays within each example), ``padded`` pads a random batch.
 
-Because it is the stock `Trainer`, `accelerate launch --num_processes N -m scotd_harness.train ...` shards the
-batches over N processes (CPU or GPU) and process 0 writes one student directory. The student directory is a plain
+Because it is the stock `Trainer`, `accelerate launch --multi_gpu --num_processes N -m scotd_harness.train ...`
+(or `torchrun --nproc_per_node N -m scotd_harness.train ...`) shards the batches over N processes and process 0
+writes one student directory. On a machine without GPUs the same launcher starts CPU processes, which join over
+gloo; accelerate 1.15's `launch --cpu --num_processes N` starts a single process unless given an MPI hostfile. The student directory is a plain
 Hugging Face model (safetensors; LoRA adapters are merged) plus `scotd.json`.
 """
 

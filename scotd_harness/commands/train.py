@@ -115,6 +115,6 @@ command.help = (
     "\b\nExamples:\n"
     "  scotd train --student embedded --corpus corpus.jsonl --out runs/student\n"
     "  scotd train --corpus corpus.jsonl --out runs/label-only --label-only\n"
-    "  accelerate launch --num_processes 2 -m scotd_harness.train --corpus corpus.jsonl --out runs/student\n\n"
+    "  accelerate launch --multi_gpu --num_processes 2 -m scotd_harness.train --corpus corpus.jsonl --out runs/s\n\n"
     "The loss is taken on the target tokens only; the student directory holds safetensors and scotd.json."
 )
