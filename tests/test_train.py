@@ -118,6 +118,20 @@ def test_balanced_draw_is_deterministic_per_epoch_and_covers_chains():
     assert [other[i]["input_ids"][1] for i in range(20)] != draws[0]
 
 
+def test_epoch_callback_gives_the_epoch_the_trainer_is_in():
+    """A fresh epoch starts at a whole state.epoch; a resumed one at the checkpoint's fraction (same epoch)."""
+    from types import SimpleNamespace
+
+    from scotd_harness.train import BalancedChainDataset, _EpochCallback
+
+    ds = BalancedChainDataset([], seed=0)
+    callback = _EpochCallback(ds)
+    cases = [(None, 0), (0.0, 0), (1.0, 1), (1.37, 1), (2.9999999, 3), (3.0, 3)]  # 2.9999999: float error at 3
+    for state_epoch, expected in cases:
+        callback.on_epoch_begin(None, SimpleNamespace(epoch=state_epoch), None)
+        assert ds.epoch == expected, state_epoch
+
+
 def test_packed_batch_does_not_attend_across_examples(tmp_path, corpus, embedded_model_dir):
     """Packing concatenates examples with restarting position ids: each example's logits must equal its logits
     alone, and the loss the padded batch's (a random model is too insensitive to context to show a leak)."""
