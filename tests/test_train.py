@@ -252,14 +252,16 @@ def test_embedded_student_trains_and_saves(tmp_path, corpus, embedded_model_dir)
 
     from scotd_harness.train import train
 
-    cfg = config(tmp_path, "embedded", corpus, max_steps=3, learning_rate=1e-4, max_length=128,
-                 per_device_train_batch_size=11, chains="all", batching="padded")
+    rows = [r for r in fixture_rows(corpus) if r["sample_index"] == 0][:4]  # 4 chains: one batch, seen 3 times
+    small = write_rows(tmp_path / CORPUS_NAME, rows)
+    cfg = config(tmp_path, "embedded", small, max_steps=3, learning_rate=1e-4, max_length=128,
+                 per_device_train_batch_size=4, chains="all", batching="padded")
     out = train(cfg)
     model, info = _load(out)
     assert info["kind"] == "scotd" and info["format_version"] == formats.FORMAT_VERSION
     assert info["base_model"] == "embedded" and info["tasks"] == ["csqa"]
     assert info["corpus"]["path"] == CORPUS_NAME and info["result"]["global_step"] == 3
-    assert info["corpus"]["dropped"] == {"no parsed answer": 1}
+    assert info["corpus"]["examples"] == 4 and info["corpus"]["dropped"] == {}
     base = AutoModelForCausalLM.from_pretrained(embedded_model_dir)
     changed = [n for (n, p), (_, q) in zip(model.named_parameters(), base.named_parameters()) if not torch.equal(p, q)]
     assert len(changed) > 10
