@@ -63,6 +63,8 @@ class PipelineConfig:
     #: also evaluate self-consistency (majority vote over sampled chains)
     self_consistency: bool = False
     eval_batch_size: int = 8
+    #: cap on generated tokens per answer in evaluation (None: the tasks' 128)
+    eval_max_new_tokens: int | None = None
     #: ONNX export of the distilled student (quantize: int4, int8 or null)
     export_quantize: str | None = "int4"
     export_accuracy_sample: int = 16
@@ -123,6 +125,7 @@ DEMO = PipelineConfig(
     evaluate_teacher=True,
     self_consistency=False,
     eval_batch_size=8,
+    eval_max_new_tokens=64,
     export_quantize="int4",
     export_accuracy_sample=8,
     infer_questions=4,
@@ -338,7 +341,7 @@ def stage_evaluate(run: Run, say) -> dict:
             tasks.append(f"scotd_{cfg.task}_sc")
         out = evaluate(model, tasks, limit=cfg.eval_limit, batch_size=cfg.eval_batch_size,
                        output_dir=run.eval_dir / name, split=cfg.eval_split, data_dir=cfg.data_dir, seed=cfg.seed,
-                       log_samples=True)
+                       log_samples=True, max_gen_toks=cfg.eval_max_new_tokens)
         summary[name] = {"tasks": tasks, "results": str(out.json_path.relative_to(run.root))}
         say(f"  {name}:\n" + "\n".join("    " + line for line in out.table.splitlines()))
     return summary

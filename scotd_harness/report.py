@@ -175,6 +175,25 @@ def _sheet_html(rows: list[dict]) -> str:
     )
 
 
+def _onnx_lines(meta: dict) -> list[str]:
+    quant = meta.get("quantization") or {}
+    what = f"{quant.get('bits')}-bit {quant.get('method')}" if quant else meta.get("dtype", "?")
+    lines = [f"Export: route `{meta.get('route')}`, {what}, {meta.get('size_mb')} MB, "
+             f"{meta.get('export_seconds')} s."]
+    prompts = (meta.get("parity") or {}).get("prompts") or []
+    if prompts:
+        worst = max(p.get("max_abs_diff") or 0.0 for p in prompts)
+        same = sum(bool(p.get("same_tokens")) for p in prompts)
+        lines.append(f"fp32 parity against PyTorch: largest logit difference {worst:.2e} "
+                     f"(atol {meta['parity'].get('atol')}), identical greedy tokens on {same} of {len(prompts)} prompts.")
+    change = meta.get("accuracy_change")
+    if change:
+        lines.append(f"Quantisation: accuracy {_pct(change.get('accuracy_fp32'))}% (fp32) -> "
+                     f"{_pct(change.get('accuracy'))}% on {change.get('n')} {change.get('task')} "
+                     f"{change.get('split')} questions; answers agree on {_pct(change.get('answers_agree'))}%.")
+    return lines
+
+
 def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -> Path:
     """Write report.md, accuracy.png (and accuracy_vs_n.png for a sweep), rating_sheet.{csv,html} into `root`."""
     run = load_run(root)
@@ -216,11 +235,7 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
     if infer or onnx_meta.is_file():
         lines = ["## Deployed student (ONNX)\n"]
         if onnx_meta.is_file():
-            meta = _read_json(onnx_meta)
-            lines.append(f"Export: {json.dumps({k: meta[k] for k in meta if k in ('dtype', 'quantization', 'route')})}")
-            for key in ("parity", "accuracy"):
-                if key in meta:
-                    lines.append(f"{key}: `{json.dumps(meta[key])[:400]}`")
+            lines.extend(_onnx_lines(_read_json(onnx_meta)))
         if infer:
             lines.append(f"Inference stage: {infer['questions']} questions in {infer['seconds']} s, "
                          f"{infer['tokens_per_second']} generated tokens/s, {infer['correct']} correct.")

@@ -28,6 +28,7 @@ train: {max_steps: 2, per_device_train_batch_size: 4, max_length: 160, save_stra
 label_only_baseline: true
 evaluate_teacher: true
 eval_batch_size: 4
+eval_max_new_tokens: 32
 export_quantize: int4
 export_accuracy_sample: 2
 infer_questions: 2
