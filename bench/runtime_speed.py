@@ -218,32 +218,45 @@ def main() -> None:
             backends.append((f"scotd runtime ({meta['graph']['attention']})", "runtime", path, weights))
     batches = [int(b) for b in args.batches.split(",")]
     raw: dict = {}
+    # order: every backend at batch 1, then self-consistency, then larger batches, then accuracy; the tables are
+    # rewritten after every measurement, so an interrupted run still leaves what it measured
+    steps = [(b, "greedy") for b in batches[:1]] + [(1, "sc")] + [(b, "greedy") for b in batches[1:]]
     for r in range(args.rounds):
+        for batch, mode in steps:
+            for name, kind, path, weights in backends:
+                if mode == "sc" and kind != "runtime":
+                    continue
+                res = _spawn({"kind": kind, "path": path, "batch": batch, "mode": mode})
+                key = f"{name}|{weights}|{'sc' if mode == 'sc' else batch}"
+                raw.setdefault(key, []).append(res)
+                print(f"round {r + 1} {name} {weights} {mode} batch {batch}: done", file=sys.stderr)
+                _write(args, backends, batches, raw)
+    if args.accuracy:
+        os.environ["SCOTD_BENCH_ACC_N"] = str(args.accuracy)
         for name, kind, path, weights in backends:
-            for batch in batches:
-                res = _spawn({"kind": kind, "path": path, "batch": batch})
-                raw.setdefault(f"{name}|{weights}|{batch}", []).append(res)
-                print(f"round {r + 1} {name} {weights} batch {batch}: {res['total_s']:.2f} s", file=sys.stderr)
             if kind == "runtime":
-                res = _spawn({"kind": kind, "path": path, "batch": 1, "mode": "sc"})
-                raw.setdefault(f"{name}|{weights}|sc", []).append(res)
-                if r == 0 and args.accuracy:
-                    os.environ["SCOTD_BENCH_ACC_N"] = str(args.accuracy)
-                    raw[f"{name}|{weights}|accuracy"] = [_spawn({"kind": kind, "path": path, "batch": 1,
-                                                                 "mode": "accuracy"})]
+                raw[f"{name}|{weights}|accuracy"] = [_spawn({"kind": kind, "path": path, "batch": 1, "mode": "accuracy"})]
+                _write(args, backends, batches, raw)
+    print(_write(args, backends, batches, raw))
+
+
+def _write(args, backends, batches, raw) -> str:
     rows = []
-    ref_tokens = raw[f"PyTorch eager|fp32|1"][0]["tokens"]
+    ref = raw.get("PyTorch eager|fp32|1")
+    ref_tokens = ref[0]["tokens"] if ref else None
     for name, kind, path, weights in backends:
         row = {"backend": name, "weights": weights, "mb": _size_mb(Path(path)) or None}
         for batch in batches:
-            runs = raw[f"{name}|{weights}|{batch}"]
+            runs = raw.get(f"{name}|{weights}|{batch}")
+            if not runs:
+                continue
             tps = statistics.median(
                 (NEW_TOKENS - 1) * batch / max(r["total_s"] - r["prefill_s"], 1e-9) for r in runs
             )
             row[f"b{batch}_tok_s"] = round(tps, 1)
             row[f"b{batch}_prefill_ms"] = round(1000 * statistics.median(r["prefill_s"] for r in runs), 1)
             row[f"b{batch}_peak_mb"] = round(max(r["peak_mb"] for r in runs), 1)
-        if 1 in batches:
+        if raw.get(f"{name}|{weights}|1") and ref_tokens is not None:
             row["same_tokens"] = raw[f"{name}|{weights}|1"][0]["tokens"] == ref_tokens
         sc = raw.get(f"{name}|{weights}|sc")
         if sc:
@@ -257,14 +270,16 @@ def main() -> None:
             row["cot_invalid"] = round(acc[0]["cot_invalid"], 4)
             row["direct_acc"] = round(acc[0]["direct_acc"], 4)
         rows.append(row)
-    base = rows[0]["b1_tok_s"]
+    base = rows[0].get("b1_tok_s")
     for row in rows:
         for batch in batches:
-            row[f"b{batch}_vs_eager_b1"] = round(row[f"b{batch}_tok_s"] / base, 2)
+            if base and f"b{batch}_tok_s" in row:
+                row[f"b{batch}_vs_eager_b1"] = round(row[f"b{batch}_tok_s"] / base, 2)
     result = {
-        "load_average_at_end": os.getloadavg(),
-        "method": {"new_tokens": NEW_TOKENS, "threads": THREADS, "rounds": args.rounds, "prompts": "CSQA dev, student format",
-                   "greedy": True, "eos_blocked": True, "student": args.student},
+        "load_average_at_write": os.getloadavg(),
+        "method": {"new_tokens": NEW_TOKENS, "threads": THREADS, "rounds": args.rounds,
+                   "prompts": "CSQA dev, student format", "greedy": True, "eos_blocked": True,
+                   "student": args.student},
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "python": platform.python_version()},
         "rows": rows,
@@ -275,7 +290,7 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     md = _markdown(rows, batches)
     out.with_suffix(".md").write_text(md)
-    print(md)
+    return md
 
 
 def _markdown(rows: list[dict], batches: list[int]) -> str:
@@ -287,9 +302,12 @@ def _markdown(rows: list[dict], batches: list[int]) -> str:
     for r in rows:
         cells = [r["backend"], r["weights"], str(r["mb"] or "")]
         for b in batches:
-            cells += [str(r[f"b{b}_tok_s"]), f"{r[f'b{b}_vs_eager_b1']}x", str(r[f"b{b}_prefill_ms"]),
-                      str(r[f"b{b}_peak_mb"])]
-        cells.append("reference" if r is rows[0] else ("yes" if r.get("same_tokens") else "no"))
+            if f"b{b}_tok_s" in r:
+                cells += [str(r[f"b{b}_tok_s"]), f"{r.get(f'b{b}_vs_eager_b1', '?')}x", str(r[f"b{b}_prefill_ms"]),
+                          str(r[f"b{b}_peak_mb"])]
+            else:
+                cells += ["not measured", "", "", ""]
+        cells.append("reference" if r is rows[0] else {True: "yes", False: "no"}.get(r.get("same_tokens"), ""))
         cells.append(f"{r['sc8_shared_s']} / {r['sc8_separate_s']}" if "sc8_shared_s" in r else "")
         cells.append(f"{r['sc8_speedup']}x" if "sc8_speedup" in r else "")
         cells.append(f"{r['cot_acc']:.3f} ({r['cot_invalid']:.2f})" if "cot_acc" in r else "")
