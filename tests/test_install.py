@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from scotd_harness.datasets import TASKS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -47,5 +49,5 @@ def test_installed_package_finds_its_resources(wheel, tmp_path):
     out = subprocess.run([py, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split("\n")
     assert str(venv) in out[0], f"imported the checkout, not the installed copy: {out[0]}"
     n_prompts, version = out[1].split()
-    assert int(n_prompts) == 6 and version.startswith("csqa-")
+    assert int(n_prompts) == len(TASKS) and version.startswith("csqa-")  # one prompt file per registry task
     assert int(out[2]) > 0

@@ -96,7 +96,8 @@ def test_reduced_pipeline_runs_every_stage_and_resumes(tmp_path, embedded_model_
         (task, metrics), = results.items()
         assert task.startswith("scotd_demo") and 0.0 <= metrics[next(k for k in metrics if k.startswith("acc,"))] <= 1.0
     onnx_meta = json.loads((run / "onnx" / "scotd.json").read_text())
-    assert list((run / "onnx").glob("*.onnx")) and "int4" in json.dumps(onnx_meta)
+    assert list((run / "onnx").glob("*.onnx")) and onnx_meta["quantization"]["bits"] == 4
+    assert onnx_meta["parity"]["prompts"] and all(p["same_tokens"] for p in onnx_meta["parity"]["prompts"])
     answers = [json.loads(line) for line in (run / "infer.jsonl").read_text().splitlines()]
     assert len(answers) == 2 and all(a["answer"] in "abcde" or a["answer"] == "[invalid]" for a in answers)
 
