@@ -296,7 +296,7 @@ def _write(args, backends, batches, raw) -> str:
 def _markdown(rows: list[dict], batches: list[int]) -> str:
     head = ["backend", "weights", "MB"]
     for b in batches:
-        head += [f"batch {b} tok/s", f"vs eager b1", f"prefill ms (b{b})", f"peak MB (b{b})"]
+        head += [f"batch {b} tok/s", "vs eager b1", f"prefill ms (b{b})", f"peak MB (b{b})"]
     head += ["same tokens", "SC N=8 shared / separate s", "SC speedup", "CSQA dev CoT acc (invalid)", "direct acc"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import formats
+from . import atomic, formats
 from .errors import DataFormatError
 
 REQUIRED = ("task", "id", "sample_index", "question", "choices", "rationale", "prediction")
@@ -94,19 +94,11 @@ def read_corpus(path: str | Path, *, tolerate_torn_tail: bool = True) -> Iterato
 
 def write_corpus(rows, path: str | Path) -> int:
     """Write rows as a new corpus file (atomically: a temp file renamed into place); returns the count."""
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     count = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic.atomic_open(path) as f:
         for row in rows:
             f.write(row.to_json() + "\n")
             count += 1
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return count
 
 

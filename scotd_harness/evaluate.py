@@ -12,12 +12,11 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
+from . import __version__, atomic
 from .errors import ScotdError
 
 log = logging.getLogger(__name__)
@@ -157,12 +156,12 @@ def evaluate(
     table = _table(results, make_table)
     out = Path(output_dir) if output_dir is not None else default_output_dir(model)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "results.json", json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
-    _write_atomic(out / "results.md", table)
+    atomic.write_text(out / "results.json", json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
+    atomic.write_text(out / "results.md", table)
     if samples:
         for task_name, rows in samples.items():
             lines = "".join(json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n" for r in rows)
-            _write_atomic(out / f"samples_{task_name}.jsonl", lines)
+            atomic.write_text(out / f"samples_{task_name}.jsonl", lines)
     return EvalOutput(results=results, table=table, output_dir=out)
 
 
@@ -177,16 +176,3 @@ def _table(results: dict, make_table) -> str:
     if results.get("groups"):
         body += "\n" + make_table(results, "groups")
     return head + body
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write next to the target, then rename: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -20,6 +20,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from . import atomic
 from .errors import ScotdError
 
 log = logging.getLogger(__name__)
@@ -170,12 +171,6 @@ def load_config(path: str | os.PathLike | None) -> PipelineConfig:
     return PipelineConfig.from_dict(data, str(path))
 
 
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 class Run:
     """A run directory: its config, its stage records and the paths every stage reads and writes."""
 
@@ -201,11 +196,11 @@ class Run:
     def record(self, stage: str, summary: dict, seconds: float) -> None:
         stages = self.state()
         stages[stage] = {"seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **summary}
-        _write_json(self.state_path, {"stages": stages})
+        atomic.write_json(self.state_path, {"stages": stages}, default=str)
 
     def forget(self, from_stage: str) -> None:
         later = STAGES[STAGES.index(from_stage):]
-        _write_json(self.state_path, {"stages": {k: v for k, v in self.state().items() if k not in later}})
+        atomic.write_json(self.state_path, {"stages": {k: v for k, v in self.state().items() if k not in later}}, default=str)
 
     def open(self) -> None:
         """Create the directory or check that it belongs to the same config."""
@@ -221,7 +216,7 @@ class Run:
                     f"use another --out directory"
                 )
         else:
-            _write_json(saved, current)
+            atomic.write_json(saved, current, default=str)
 
 
 def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, from_stage: str | None = None,
@@ -368,12 +363,10 @@ def stage_infer(run: Run, say) -> dict:
     answers = student.answer_many([(ex.question, ex.choices) for ex in examples],
                                   config=GenerationConfig(max_new_tokens=run.cfg.max_new_tokens))
     seconds = time.monotonic() - started
-    tmp = run.infer.with_name(f".{run.infer.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic.atomic_open(run.infer) as f:
         for ex, ans in zip(examples, answers):
             f.write(json.dumps({"id": ex.id, "question": ex.question, "choices": [list(c) for c in ex.choices],
                                 "gold": ex.answer, "answer": ans.answer, "rationale": ans.rationale}) + "\n")
-    os.replace(tmp, run.infer)
     tokens = sum(len(g.token_ids) for a in answers for g in a.chains)
     for ex, ans in list(zip(examples, answers))[:2]:
         say(f"  Q: {ex.question}\n  -> {ans.rationale!r} => ({ans.answer}), gold ({ex.answer})")

@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+from . import atomic
 from .errors import ScotdError
 
 #: report row order and labels
@@ -23,12 +24,6 @@ MODEL_LABELS = {"teacher": "teacher (few-shot CoT)", "undistilled": "student, un
 
 def _read_json(path: Path):
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def load_run(root: str | os.PathLike) -> dict:
@@ -247,11 +242,11 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
         writer = csv.DictWriter(buf, fieldnames=list(sheet[0]))
         writer.writeheader()
         writer.writerows(sheet)
-        _write_text(out / "rating_sheet.csv", buf.getvalue())
-        _write_text(out / "rating_sheet.html", _sheet_html(sheet))
+        atomic.write_text(out / "rating_sheet.csv", buf.getvalue())
+        atomic.write_text(out / "rating_sheet.html", _sheet_html(sheet))
         parts.append(f"## Human rating sheet\n\n`rating_sheet.csv` / `rating_sheet.html`: {len(sheet)} questions with "
                      f"the teacher's and the distilled student's rationales side by side.\n")
 
     path = out / "report.md"
-    _write_text(path, "\n".join(parts))
+    atomic.write_text(path, "\n".join(parts))
     return path

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import formats
+from . import atomic, formats
 from .corpus import CorpusRow, read_corpus
 from .errors import ScotdError
 
@@ -71,15 +71,7 @@ def meta_path(corpus: str | os.PathLike) -> Path:
 
 def write_meta(corpus: str | os.PathLike, settings: SampleSettings) -> None:
     """Atomically (temp file + rename) so a kill never leaves half a meta file."""
-    path = meta_path(corpus)
-    tmp = path.with_name(path.name + ".tmp")
-    data = {"meta_version": META_VERSION, "settings": settings.to_dict()}
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic.write_json(meta_path(corpus), {"meta_version": META_VERSION, "settings": settings.to_dict()})
 
 
 def read_meta(corpus: str | os.PathLike) -> dict | None:

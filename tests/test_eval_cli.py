@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from scotd_harness.cli import cli
 from scotd_harness.errors import ScotdError
-from scotd_harness.evaluate import _write_atomic, resolve_task_names, split_task_list
+from scotd_harness.evaluate import resolve_task_names, split_task_list
 
 
 class _FakeTaskManager:
@@ -27,14 +27,6 @@ def test_task_names_and_patterns_resolve_in_order():
     assert resolve_task_names(tm, ["scotd_csqa_sc", "scotd_csqa*"]) == ["scotd_csqa_sc", "scotd_csqa"]
     with pytest.raises(ScotdError, match="unknown task.*scotd_csqaa.*scotd_csqa_sc"):
         resolve_task_names(tm, ["scotd_csqaa"])
-
-
-def test_results_are_written_atomically(tmp_path):
-    target = tmp_path / "results.json"
-    _write_atomic(target, '{"a": 1}')
-    _write_atomic(target, '{"a": 2}')
-    assert json.loads(target.read_text()) == {"a": 2}
-    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
 def test_too_few_self_consistency_samples_is_refused_before_any_work():
