@@ -58,6 +58,10 @@ def parse_args(argv=None):
     p.add_argument("--eval-steps", type=int, default=50, help="Dev loss every this many steps; the best is kept.")
     p.add_argument("--eval-limit", type=int, default=None, help="Evaluate on the first N CSQA dev questions.")
     p.add_argument("--eval-batch-size", type=int, default=16)
+    p.add_argument("--eval-backend", default="hf", choices=["hf", "onnx"],
+                   help="hf: lm-eval's `hf` model (PyTorch). onnx: export each student to fp32 ONNX first (the\n"
+                        "export checks logits and identical greedy tokens against PyTorch) and evaluate it with\n"
+                        "`scotd-onnx`, about 3x faster on CPU at the same greedy outputs.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stages",
                    default="import,train-label-only,train-scotd,eval-scotd,eval-label-only,eval-undistilled",
@@ -155,8 +159,16 @@ def stage_eval(run: Run, name: str) -> dict:
     model = a.student if name == "undistilled" else str(run.dir / name)
     out = run.dir / eval_key(name, a.eval_limit)
     started = time.time()
-    output = evaluate(model, "scotd_csqa", limit=a.eval_limit, batch_size=a.eval_batch_size, output_dir=out,
-                      log_samples=True, seed=a.seed)
+    model_type, export_s = "hf", None
+    if a.eval_backend == "onnx":
+        from scotd_harness.export.exporter import export
+
+        onnx_dir = run.dir / f"{name}-onnx-fp32"
+        if not (onnx_dir / "scotd.json").is_file():  # an export is atomic: scotd.json means it passed parity
+            export(model, onnx_dir, dtype="fp32", overwrite=True, progress=lambda msg: log.info("export: %s", msg))
+        model, model_type, export_s = str(onnx_dir), "scotd-onnx", round(time.time() - started, 1)
+    output = evaluate(model, "scotd_csqa", model_type=model_type, limit=a.eval_limit, batch_size=a.eval_batch_size,
+                      output_dir=out, log_samples=True, seed=a.seed)
     res = output.results["results"]["scotd_csqa"]
     acc = next(v for k, v in res.items() if k.startswith("acc,"))
     invalid = next((v for k, v in res.items() if k.startswith("invalid_rate,")), None)
@@ -165,7 +177,32 @@ def stage_eval(run: Run, name: str) -> dict:
     examples = [{"id": s["doc"].get("id"), "gold": s["doc"].get("answer"),
                  "output": (s["resps"][0][0] if s.get("resps") else None)} for s in samples[:5]]
     return {"model": name, "acc": acc, "invalid_rate": invalid, "n": len(samples) or a.eval_limit,
-            "eval_limit": a.eval_limit, "wall_s": round(time.time() - started, 1), "examples": examples}
+            "eval_limit": a.eval_limit, "backend": model_type, "export_wall_s": export_s,
+            "wall_s": round(time.time() - started, 1), "examples": examples}
+
+
+def named_choice(samples_file: Path) -> dict | None:
+    """How often the rationale names exactly one choice's text, and how often that choice is the gold one.
+
+    A diagnostic for small students: the rationale may argue for the right choice and then write the wrong letter
+    (binding a choice to its letter is the hard part for them); accuracy on the letter alone hides that.
+    """
+    if not samples_file.is_file():
+        return None
+    named = gold = 0
+    rows = [json.loads(line) for line in samples_file.read_text().splitlines() if line.strip()]
+    letters = {}
+    for s in rows:
+        letter = str(s["filtered_resps"][0]) if s.get("filtered_resps") else "?"
+        letters[letter] = letters.get(letter, 0) + 1
+        text = (s["resps"][0][0] if s.get("resps") else "").split("So the answer is")[0].lower()
+        found = [label for label, choice in s["doc"]["choices"] if choice.lower() in text]
+        if len(found) == 1:
+            named += 1
+            gold += found[0] == s["doc"]["answer"]
+    top = max(letters, key=letters.get) if letters else None
+    return {"n": len(rows), "names_one_choice": named, "that_choice_is_gold": gold, "most_common_answer": top,
+            "most_common_answer_share": letters.get(top, 0) / max(len(rows), 1)}
 
 
 def eval_key(name: str, limit: int | None) -> str:
@@ -189,12 +226,25 @@ def write_report(run: Run):
         lines += [f"Corpus: distilling step-by-step PaLM-540B CoT for CSQA train, {imp['imported_chains']} chains, "
                   f"{imp['answer_filtered']} answer-filtered (correct), **{imp['used_questions']} questions used** "
                   f"(one chain each; seeded subsample).", ""]
-    lines += ["| student | CSQA dev questions | acc | no parsable answer | eval wall s | paper (OPT-1.3B) |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["| student | CSQA dev questions | acc | no parsable answer | most common answer | rationale names one "
+              "choice: gold | lm-eval model | eval wall s | paper (OPT-1.3B) |", "|" + " --- |" * 9]
     for name, rec in rows:
         inv = f"{rec['invalid_rate']:.1%}" if rec.get("invalid_rate") is not None else "?"
+        key = eval_key(name, rec.get("eval_limit"))
+        named = named_choice(run.dir / key / "samples_scotd_csqa.jsonl") or rec.get("named_choice")
+        if named:
+            rec["named_choice"] = named
+        named_cell = (f"{named['that_choice_is_gold'] / named['names_one_choice']:.1%} of {named['names_one_choice']}"
+                      if named and named["names_one_choice"] else "-")
+        top_cell = f"({named['most_common_answer']}) {named['most_common_answer_share']:.0%}" if named else "?"
         lines.append(f"| {name} | {rec['n']}{'' if rec.get('eval_limit') is None else ' (first N)'} | "
-                     f"{rec['acc']:.1%} | {inv} | {rec['wall_s']:.0f} | {PAPER[name]} |")
+                     f"{rec['acc']:.1%} | {inv} | {top_cell} | {named_cell} | {rec.get('backend', 'hf')} | {rec['wall_s']:.0f} | "
+                     f"{PAPER[name]} |")
+    lines += ["", "`most common answer`: the letter the student gives most often, with its share (a student that gives "
+              "one letter to every question has learnt the format, not the task). `rationale names one choice: gold`: "
+              "among outputs whose text before \"So the answer is\" contains exactly one choice's wording, the share "
+              "where that choice is the gold one (chance: about 20%). `eval wall s` includes the ONNX export "
+              "(about 150 s) when the lm-eval model is scotd-onnx."]
     lines += ["", "| training | steps | wall s/step | CPU s/step | train loss | best dev loss | wall s |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for key in ("train-label-only", "train-scotd"):
