@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -77,11 +78,29 @@ def _unfuse_transposed_matmuls(model) -> int:
     return changed
 
 
-def quantize_int4(src: Path, dst: Path) -> dict:
+@dataclass(frozen=True)
+class Int4Options:
+    """The int4 knobs that trade accuracy against speed (bench/int4_accuracy.py measures each on a real student).
+
+    symmetric: a scale per block (zero point 8) or a scale and a 4-bit zero point per block; asymmetric follows
+    skewed blocks better (and GGUF Q4_1 weights, which carry a minimum per block of 32).
+    accuracy_level: 4 quantises activations to int8 per block for an int8 dot product (fastest on CPU);
+    0 keeps fp32 activations.
+    embedding: also store the token embedding table (tied to the lm_head) as 4-bit GatherBlockQuantized.
+    """
+
+    symmetric: bool = True
+    accuracy_level: int = INT4_ACCURACY_LEVEL
+    embedding: bool = True
+
+
+def quantize_int4(src: Path, dst: Path, options: Int4Options = Int4Options()) -> dict:
     """4-bit MatMulNBits, block 32, lm_head included. Returns a description for scotd.json."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    op_types = ("MatMul", "Gather") if options.embedding else ("MatMul",)
+    axes = (("MatMul", 0), ("Gather", 1)) if options.embedding else (("MatMul", 0),)
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         folded = Path(tmp) / "folded.onnx"
         _fold_constants(src, folded)
@@ -91,10 +110,10 @@ def quantize_int4(src: Path, dst: Path) -> dict:
             model,
             bits=4,
             block_size=INT4_BLOCK_SIZE,
-            is_symmetric=True,
-            accuracy_level=INT4_ACCURACY_LEVEL,
-            op_types_to_quantize=("MatMul", "Gather"),
-            quant_axes=(("MatMul", 0), ("Gather", 1)),
+            is_symmetric=options.symmetric,
+            accuracy_level=options.accuracy_level,
+            op_types_to_quantize=op_types,
+            quant_axes=axes,
         )
         qlog = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
         level = qlog.level
@@ -113,8 +132,8 @@ def quantize_int4(src: Path, dst: Path) -> dict:
         "method": "MatMulNBits",
         "bits": 4,
         "block_size": INT4_BLOCK_SIZE,
-        "symmetric": True,
-        "accuracy_level": INT4_ACCURACY_LEVEL,
+        "symmetric": options.symmetric,
+        "accuracy_level": options.accuracy_level,
         "quantized_matmuls": nbits,
         "float_matmuls_left": matmuls + sum(1 for n in qmodel.graph.node if n.op_type == "FusedMatMul"),
         "quantized_embeddings": gathers,

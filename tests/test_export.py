@@ -75,3 +75,22 @@ def test_embedded_int4(onnx_student_int4_dir):
     change = meta["accuracy_change"]
     assert change["n"] == 4 and "change" in change and change["task"] == "csqa"
     assert meta["size_mb"] < 200
+
+
+def test_int4_options_change_the_graph(tiny_dirs, tmp_path):
+    """Asymmetric blocks carry zero points; `embedding=False` leaves the token table a float Gather."""
+    import onnx
+
+    from scotd_harness.export.quantize import Int4Options, quantize_int4
+
+    fp32 = export(tiny_dirs["llama"], tmp_path / "fp32", **QUIET)
+    default = quantize_int4(fp32 / "model.onnx", tmp_path / "sym.onnx")
+    asym = quantize_int4(fp32 / "model.onnx", tmp_path / "asym.onnx",
+                         Int4Options(symmetric=False, accuracy_level=0, embedding=False))
+    assert default["symmetric"] and default["quantized_embeddings"] == 1
+    assert not asym["symmetric"] and asym["quantized_embeddings"] == 0 and asym["accuracy_level"] == 0
+    assert asym["quantized_matmuls"] == default["quantized_matmuls"] > 0
+    nodes = onnx.load(str(tmp_path / "asym.onnx"), load_external_data=False).graph.node
+    nbits = [n for n in nodes if n.op_type == "MatMulNBits"]
+    assert all(len(n.input) >= 4 and n.input[3] for n in nbits)  # zero points present
+    assert any(n.op_type == "Gather" for n in nodes) and not any(n.op_type == "GatherBlockQuantized" for n in nodes)
