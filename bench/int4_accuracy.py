@@ -211,7 +211,9 @@ def write_report(a, student_name: str, rows: dict) -> None:
               "activations in MatMulNBits; `emb` / `noemb` token embedding quantised or fp32. The lm_head is int4 "
               "in every variant. `next token = fp32` and `KL`: teacher-forced on fp32's own greedy chains for the first "
               f"{a.fidelity_questions} dev questions, the share of positions where the argmax matches fp32's and the "
-              "mean KL(fp32 || variant) in nats.", "", f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores visible.", "",
+              "mean KL(fp32 || variant) in nats.", "", f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, load average at the end "
+              f"{[round(x, 1) for x in os.getloadavg()]} (speed columns are only comparable within one run; "
+              "accuracy and fidelity do not depend on load).", "",
               "Command:", "", "    python bench/int4_accuracy.py " + " ".join(sys.argv[1:])]
     public = {"student": student_name, "limit": a.limit, "threads": a.threads,
               "rows": {k: {kk: vv for kk, vv in v.items() if kk != "predictions"} for k, v in rows.items()}}
