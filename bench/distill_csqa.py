@@ -53,6 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup-ratio", type=float, default=0.05)
     p.add_argument("--max-length", type=int, default=320)
     p.add_argument("--batching", default="packed", choices=["length", "packed", "padded"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="Training precision (scotd train --precision); auto: bf16 where the device computes it\n"
+                        "natively (a recent GPU, or a CPU with AVX512-BF16/AMX), else fp32.")
     p.add_argument("--dev-fraction", type=float, default=0.05, help="Corpus questions held out for the dev loss.")
     p.add_argument("--max-dev-questions", type=int, default=48)
     p.add_argument("--eval-steps", type=int, default=50, help="Dev loss every this many steps; the best is kept.")
@@ -128,7 +131,7 @@ def stage_train(run: Run, name: str, label_only: bool) -> dict:
     out = run.dir / name
     cfg = DistillConfig(
         student=a.student, corpus=str(run.dir / "corpus.jsonl"), output_dir=str(out), task="csqa",
-        label_only=label_only, chains="balanced", max_length=a.max_length, batching=a.batching,
+        label_only=label_only, chains="balanced", max_length=a.max_length, batching=a.batching, precision=a.precision,
         num_train_epochs=a.epochs, max_steps=a.max_steps, learning_rate=a.lr, per_device_train_batch_size=a.batch_size,
         per_device_eval_batch_size=a.batch_size, gradient_accumulation_steps=a.grad_accum, warmup_ratio=a.warmup_ratio,
         dev_fraction=a.dev_fraction, max_dev_questions=a.max_dev_questions, eval_steps=a.eval_steps,

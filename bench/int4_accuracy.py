@@ -5,8 +5,9 @@ format (the `scotd_csqa` task's prompt, max 128 new tokens) with this project's 
 accuracy, the change against fp32, the share of answers identical to fp32's, unparsable outputs, model size, and
 decode speed (64 new tokens, end-of-sequence blocked, batch 1 and 8, the first 8 dev prompts, after a warm-up).
 
-Variant names: `{sym|asym}-a{0|4}-{emb|noemb}`, i.e. symmetric or asymmetric 4-bit blocks of 32, fp32 (0) or int8
-(4) activations in the MatMulNBits dot product, token embedding quantised (GatherBlockQuantized) or kept fp32.
+Variant names: `{sym|asym}-a{0|4}-{emb|noemb}[-head8]`, i.e. symmetric or asymmetric 4-bit blocks of 32, fp32 (0)
+or int8 (4) activations in the MatMulNBits dot product, token embedding quantised (GatherBlockQuantized) or kept
+fp32, and with `-head8` the lm_head at 8 bits instead of 4.
 
     SCOTD_DATA_DIR=DATA python bench/int4_accuracy.py --fp32 DIR [--limit N] [--variants sym-a4-emb,asym-a4-emb]
 
@@ -33,12 +34,14 @@ def parse_variant(name: str):
     from scotd_harness.export.quantize import Int4Options
 
     try:
-        sym, acc, emb = name.split("-")
-        if sym not in ("sym", "asym") or acc not in ("a0", "a4") or emb not in ("emb", "noemb"):
+        sym, acc, emb, *head = name.split("-")
+        if (sym not in ("sym", "asym") or acc not in ("a0", "a4") or emb not in ("emb", "noemb")
+                or head not in ([], ["head8"])):
             raise ValueError
     except ValueError:
-        raise SystemExit(f"bad variant {name!r}: expected {{sym|asym}}-a{{0|4}}-{{emb|noemb}}") from None
-    return Int4Options(symmetric=sym == "sym", accuracy_level=int(acc[1]), embedding=emb == "emb")
+        raise SystemExit(f"bad variant {name!r}: expected {{sym|asym}}-a{{0|4}}-{{emb|noemb}}[-head8]") from None
+    return Int4Options(symmetric=sym == "sym", accuracy_level=int(acc[1]), embedding=emb == "emb",
+                       lm_head_bits=8 if head else 4)
 
 
 def build_variant(fp32: Path, out: Path, name: str) -> dict:
@@ -208,8 +211,8 @@ def write_report(a, student_name: str, rows: dict) -> None:
                      f"{rec['invalid']} | {fid.get('top1_agree', float('nan')):.1%} | {fid.get('mean_kl', float('nan')):.4f} | "
                      f"{rec['size_mb']} | {rec['b1_tok_s']} | {rec['b8_tok_s']} |")
     lines += ["", "Variants: `{sym|asym}` 4-bit blocks of 32 with or without a zero point; `a0` fp32 / `a4` int8 "
-              "activations in MatMulNBits; `emb` / `noemb` token embedding quantised or fp32. The lm_head is int4 "
-              "in every variant. `next token = fp32` and `KL`: teacher-forced on fp32's own greedy chains for the first "
+              "activations in MatMulNBits; `emb` / `noemb` token embedding quantised or fp32; `head8`: the lm_head "
+              "at 8 bits (int4 otherwise). `next token = fp32` and `KL`: teacher-forced on fp32's own greedy chains for the first "
               f"{a.fidelity_questions} dev questions, the share of positions where the argmax matches fp32's and the "
               "mean KL(fp32 || variant) in nats.", "", f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, load average at the end "
               f"{[round(x, 1) for x in os.getloadavg()]} (speed columns are only comparable within one run; "

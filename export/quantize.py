@@ -87,17 +87,25 @@ class Int4Options:
     accuracy_level: 4 quantises activations to int8 per block for an int8 dot product (fastest on CPU);
     0 keeps fp32 activations.
     embedding: also store the token embedding table (tied to the lm_head) as 4-bit GatherBlockQuantized.
+
+    lm_head_bits: 4, or 8 to keep the lm_head (the output projection over the vocabulary) at 8 bits, as llama.cpp's
+    Q4 mixes keep their output tensor at 6 bits: the answer letter of a small student is a near-tie among a few
+    logits there, which 4-bit rounding flips most easily.
     """
 
     symmetric: bool = True
     accuracy_level: int = INT4_ACCURACY_LEVEL
     embedding: bool = True
+    lm_head_bits: int = 4
+
+    def __post_init__(self):
+        if self.lm_head_bits not in (4, 8):
+            raise ValueError(f"lm_head_bits must be 4 or 8, not {self.lm_head_bits}")
 
 
 def quantize_int4(src: Path, dst: Path, options: Int4Options = Int4Options()) -> dict:
     """4-bit MatMulNBits, block 32, lm_head included. Returns a description for scotd.json."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     op_types = ("MatMul", "Gather") if options.embedding else ("MatMul",)
     axes = (("MatMul", 0), ("Gather", 1)) if options.embedding else (("MatMul", 0),)
@@ -106,23 +114,10 @@ def quantize_int4(src: Path, dst: Path, options: Int4Options = Int4Options()) ->
         _fold_constants(src, folded)
         model = onnx.load(str(folded))
         unfused = _unfuse_transposed_matmuls(model)
-        quant = MatMulNBitsQuantizer(
-            model,
-            bits=4,
-            block_size=INT4_BLOCK_SIZE,
-            is_symmetric=options.symmetric,
-            accuracy_level=options.accuracy_level,
-            op_types_to_quantize=op_types,
-            quant_axes=axes,
-        )
-        qlog = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
-        level = qlog.level
-        qlog.setLevel(logging.WARNING)  # it logs every node at INFO
-        try:
-            quant.process()
-        finally:
-            qlog.setLevel(level)
-        qmodel = quant.model.model
+        head = _lm_head_matmul(model) if options.lm_head_bits != 4 else None
+        qmodel = _nbits(model, 4, options, op_types, axes, exclude=[head] if head else [])
+        if head:  # the second pass finds only the lm_head left as a float MatMul with a constant weight
+            qmodel = _nbits(qmodel, options.lm_head_bits, options, ("MatMul",), (("MatMul", 0),), include=[head])
         matmuls = sum(1 for n in qmodel.graph.node if n.op_type == "MatMul")
         nbits = sum(1 for n in qmodel.graph.node if n.op_type == "MatMulNBits")
         gathers = sum(1 for n in qmodel.graph.node if n.op_type == "GatherBlockQuantized")
@@ -138,7 +133,48 @@ def quantize_int4(src: Path, dst: Path, options: Int4Options = Int4Options()) ->
         "float_matmuls_left": matmuls + sum(1 for n in qmodel.graph.node if n.op_type == "FusedMatMul"),
         "quantized_embeddings": gathers,
         "lm_head_unfused": unfused,
+        "lm_head_bits": options.lm_head_bits,
     }
+
+
+def _nbits(model, bits: int, options: Int4Options, op_types, axes, exclude=(), include=None):
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quant = MatMulNBitsQuantizer(
+        model,
+        bits=bits,
+        block_size=INT4_BLOCK_SIZE,
+        is_symmetric=options.symmetric,
+        accuracy_level=options.accuracy_level,
+        nodes_to_exclude=list(exclude),
+        nodes_to_include=include,
+        op_types_to_quantize=op_types,
+        quant_axes=axes,
+    )
+    qlog = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = qlog.level
+    qlog.setLevel(logging.WARNING)  # it logs every node at INFO
+    try:
+        quant.process()
+    finally:
+        qlog.setLevel(level)
+    return quant.model.model
+
+
+def _lm_head_matmul(model) -> str:
+    """The name of the lm_head: the MatMul with a constant weight of the most output columns (the vocabulary)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    best, cols = None, 0
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.input[1] in inits:
+            dims = list(inits[node.input[1]].dims)
+            if len(dims) == 2 and dims[1] > cols:
+                best, cols = node.name, dims[1]
+    if best is None:
+        raise ValueError("no MatMul with a constant weight found: cannot tell the lm_head")
+    if not best:
+        raise ValueError("the lm_head MatMul has no node name: the quantiser cannot single it out")
+    return best
 
 
 def quantize_int8(src: Path, dst: Path) -> dict:

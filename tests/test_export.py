@@ -94,3 +94,36 @@ def test_int4_options_change_the_graph(tiny_dirs, tmp_path):
     nbits = [n for n in nodes if n.op_type == "MatMulNBits"]
     assert all(len(n.input) >= 4 and n.input[3] for n in nbits)  # zero points present
     assert any(n.op_type == "Gather" for n in nodes) and not any(n.op_type == "GatherBlockQuantized" for n in nodes)
+
+
+def test_int4_with_an_8_bit_lm_head(tiny_dirs, tmp_path):
+    """`lm_head_bits=8`: the vocabulary projection alone becomes an 8-bit MatMulNBits, every other one stays 4-bit,
+    and the graph runs in onnxruntime closer to fp32 at the logits than the all-4-bit graph."""
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    from scotd_harness.export.quantize import Int4Options, quantize_int4
+    from scotd_harness.export.runtime import OnnxStudent
+
+    fp32 = export(tiny_dirs["llama"], tmp_path / "fp32", **QUIET)
+    vocab = json.loads((fp32 / "config.json").read_text())["vocab_size"]
+    variants = {}
+    for name, options in (("q4", Int4Options()), ("head8", Int4Options(lm_head_bits=8))):
+        out = tmp_path / name
+        shutil.copytree(fp32, out, ignore=shutil.ignore_patterns("model.onnx*"))
+        record = quantize_int4(fp32 / "model.onnx", out / "model.onnx", options)
+        assert record["float_matmuls_left"] == 0 and record["lm_head_bits"] == options.lm_head_bits
+        variants[name] = out
+    nodes = onnx.load(str(variants["head8"] / "model.onnx"), load_external_data=False).graph.node
+    bits = {}
+    for n in nodes:
+        if n.op_type == "MatMulNBits":
+            attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+            bits[attrs["N"]] = bits.get(attrs["N"], set()) | {attrs["bits"]}
+    assert bits.pop(vocab) == {8}
+    assert bits and all(b == {4} for b in bits.values())
+    ids = [OnnxStudent(fp32).encode("Q: Where do you keep milk cold?\nAnswer Choices:\n(a) fridge\n(b) oven\nA:")]
+    ref = OnnxStudent(fp32).forward_logits(ids)[0]
+    err = {k: float(np.abs(OnnxStudent(v).forward_logits(ids)[0] - ref).mean()) for k, v in variants.items()}
+    assert 0 < err["head8"] < err["q4"], err

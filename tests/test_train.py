@@ -341,3 +341,46 @@ def test_resume_after_kill(tmp_path, corpus, tiny_llama):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _, info = _load(out)
     assert info["result"]["resumed_from"] == "checkpoint-2" and info["result"]["global_step"] == 4
+
+
+# --- precision ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, native", [
+    ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n", True),
+    ("processor\t: 0\nflags\t\t: fpu sse4_2 avx2 fma amx_bf16 amx_tile\n", True),
+    ("processor\t: 0\nflags\t\t: fpu sse4_2 avx2 avx512f avx512bw\n", False),  # AVX-512 without BF16: emulated
+    ("processor\t: 0\nFeatures\t: fp asimd sve i8mm bf16\n", True),  # Arm (Graviton 3, Neoverse V1)
+    ("processor\t: 0\nFeatures\t: fp asimd evtstrm crc32\n", False),
+])
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, text, native):
+    from scotd_harness.train import cpu_has_native_bf16
+
+    (tmp_path / "cpuinfo").write_text(text)
+    assert cpu_has_native_bf16(tmp_path / "cpuinfo") is native
+    assert cpu_has_native_bf16(tmp_path / "missing") is False
+
+
+def test_fp16_on_a_cpu_is_refused(tmp_path, corpus, tiny_llama):
+    with pytest.raises(ScotdError, match="fp16 needs a CUDA GPU"):
+        config(tmp_path, tiny_llama, corpus, precision="fp16")
+
+
+def test_cpu_bf16_autocast_trains_and_saves_fp32(tmp_path, corpus, tiny_llama):
+    """bf16 on a CPU is autocast: the matmuls run in bf16, the weights, optimizer and saved student stay fp32."""
+    import torch
+    from safetensors import safe_open
+
+    from scotd_harness.train import train
+
+    cfg = config(tmp_path, tiny_llama, corpus, precision="bf16", max_steps=3, learning_rate=1e-3)
+    assert cfg.bf16 and not cfg.fp16 and cfg.precision == "bf16"
+    out = train(cfg)
+    model, info = _load(out)
+    assert info["training"]["precision"] == "bf16"
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    history = json.loads(next(out.glob("checkpoint-*/trainer_state.json")).read_text())["log_history"]
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert len(losses) == 3 and all(0 < x < 20 for x in losses)
