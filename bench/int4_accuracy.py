@@ -5,9 +5,10 @@ format (the `scotd_csqa` task's prompt, max 128 new tokens) with this project's 
 accuracy, the change against fp32, the share of answers identical to fp32's, unparsable outputs, model size, and
 decode speed (64 new tokens, end-of-sequence blocked, batch 1 and 8, the first 8 dev prompts, after a warm-up).
 
-Variant names: `{sym|asym}-a{0|4}-{emb|noemb}[-head8]`, i.e. symmetric or asymmetric 4-bit blocks of 32, fp32 (0)
-or int8 (4) activations in the MatMulNBits dot product, token embedding quantised (GatherBlockQuantized) or kept
-fp32, and with `-head8` the lm_head at 8 bits instead of 4.
+Variant names: `{sym|asym}-a{0|4}-{emb|noemb}[-head8][-qkm|-vdown]`, i.e. symmetric or asymmetric 4-bit blocks of
+32, fp32 (0) or int8 (4) activations in the MatMulNBits dot product, token embedding quantised (GatherBlockQuantized)
+or kept fp32, with `-head8` the lm_head at 8 bits instead of 4, with `-qkm` the value and down projections that
+llama.cpp's Q4_K_M mix favours at 8 bits (about half the layers), with `-vdown` those of every layer.
 
     SCOTD_DATA_DIR=DATA python bench/int4_accuracy.py --fp32 DIR [--limit N] [--variants sym-a4-emb,asym-a4-emb]
 
@@ -33,15 +34,19 @@ SPEED_TOKENS = 64
 def parse_variant(name: str):
     from scotd_harness.export.quantize import Int4Options
 
+    sensitive = {"": "none", "qkm": "q4_k_m", "vdown": "v-down"}
     try:
-        sym, acc, emb, *head = name.split("-")
-        if (sym not in ("sym", "asym") or acc not in ("a0", "a4") or emb not in ("emb", "noemb")
-                or head not in ([], ["head8"])):
+        sym, acc, emb, *extra = name.split("-")
+        head = "head8" in extra
+        rest = [x for x in extra if x != "head8"]
+        if (sym not in ("sym", "asym") or acc not in ("a0", "a4") or emb not in ("emb", "noemb") or len(rest) > 1
+                or (rest and rest[0] not in sensitive) or len(extra) != head + len(rest)):
             raise ValueError
     except ValueError:
-        raise SystemExit(f"bad variant {name!r}: expected {{sym|asym}}-a{{0|4}}-{{emb|noemb}}[-head8]") from None
+        raise SystemExit(f"bad variant {name!r}: expected {{sym|asym}}-a{{0|4}}-{{emb|noemb}}[-head8][-qkm|-vdown]"
+                         ) from None
     return Int4Options(symmetric=sym == "sym", accuracy_level=int(acc[1]), embedding=emb == "emb",
-                       lm_head_bits=8 if head else 4)
+                       lm_head_bits=8 if head else 4, sensitive=sensitive[rest[0] if rest else ""])
 
 
 def build_variant(fp32: Path, out: Path, name: str) -> dict:
@@ -179,10 +184,25 @@ def main(argv=None):
         rows[name]["fidelity"] = fidelity(path, a.threads, chains, ref_logits)[0]
         _print_row(name, rows[name], rows["fp32"])
     base = rows["fp32"]
+    gold = [e.answer for e in load_examples("csqa", "validation", limit=a.limit)]
     for rec in rows.values():
         rec["change_points"] = round(100 * (rec["accuracy"] - base["accuracy"]), 2)
+        rec["change_se_points"] = round(100 * paired_se(rec["predictions"], base["predictions"], gold), 2)
         rec["answers_agree"] = sum(x == y for x, y in zip(rec["predictions"], base["predictions"])) / max(rec["n"], 1)
     write_report(a, student_name, rows)
+
+
+def paired_se(preds: list[str], base: list[str], gold: list[str]) -> float:
+    """Standard error of the accuracy change against fp32 on the same questions (a paired difference): most answers
+    do not move, so a change is only read against the questions whose correctness did."""
+    import math
+
+    diffs = [(p == g) - (b == g) for p, b, g in zip(preds, base, gold)]
+    n = len(diffs)
+    if n < 2:
+        return float("nan")
+    mean = sum(diffs) / n
+    return math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n)
 
 
 def _size(path: Path) -> float:
@@ -203,16 +223,19 @@ def write_report(a, student_name: str, rows: dict) -> None:
              f"CSQA dev, first {base['n']} questions, greedy CoT in the student format (max 128 new tokens), this "
              f"project's runtime on CPU, {a.threads} threads. Speed: {SPEED_TOKENS} new tokens, end-of-sequence "
              "blocked, the first 8 dev prompts, one warm-up.", "",
-             "| variant | acc | change (points) | answers = fp32 | no answer | next token = fp32 | KL(fp32 \\|\\| q) | "
-             "size MB | b1 tok/s | b8 tok/s |", "|" + " --- |" * 10]
+             "| variant | acc | change (points) ± SE | answers = fp32 | no answer | next token = fp32 | "
+             "KL(fp32 \\|\\| q) | size MB | b1 tok/s | b8 tok/s |", "|" + " --- |" * 10]
     for name, rec in rows.items():
         fid = rec.get("fidelity") or {}
-        lines.append(f"| {name} | {rec['accuracy']:.1%} | {rec['change_points']:+.1f} | {rec['answers_agree']:.1%} | "
+        lines.append(f"| {name} | {rec['accuracy']:.1%} | {rec['change_points']:+.1f} ± {rec['change_se_points']:.1f} | "
+                     f"{rec['answers_agree']:.1%} | "
                      f"{rec['invalid']} | {fid.get('top1_agree', float('nan')):.1%} | {fid.get('mean_kl', float('nan')):.4f} | "
                      f"{rec['size_mb']} | {rec['b1_tok_s']} | {rec['b8_tok_s']} |")
     lines += ["", "Variants: `{sym|asym}` 4-bit blocks of 32 with or without a zero point; `a0` fp32 / `a4` int8 "
               "activations in MatMulNBits; `emb` / `noemb` token embedding quantised or fp32; `head8`: the lm_head "
-              "at 8 bits (int4 otherwise). `next token = fp32` and `KL`: teacher-forced on fp32's own greedy chains for the first "
+              "at 8 bits (int4 otherwise); `vdown` / `qkm`: each layer's attention value and MLP down projections at "
+              "8 bits in every layer / in llama.cpp's Q4_K_M choice of layers. SE: the paired standard error of the "
+              "change (same questions as fp32). `next token = fp32` and `KL`: teacher-forced on fp32's own greedy chains for the first "
               f"{a.fidelity_questions} dev questions, the share of positions where the argmax matches fp32's and the "
               "mean KL(fp32 || variant) in nats.", "", f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, load average at the end "
               f"{[round(x, 1) for x in os.getloadavg()]} (speed columns are only comparable within one run; "

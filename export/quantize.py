@@ -1,9 +1,10 @@
 """Weight quantisation of an exported graph: 4-bit MatMulNBits (the fast one) and dynamic int8 (the simple one).
 
-int4: onnxruntime's `MatMulNBitsQuantizer`, block 32, symmetric, accuracy level 4 (int8 activations on CPU), every
-MatMul with a constant weight, the lm_head included. A tied lm_head often reaches its MatMul through a Transpose of
-the embedding table; the quantiser only takes constant weights, so the graph is first saved at onnxruntime's basic
-optimisation level, which folds that Transpose into a constant.
+int4: onnxruntime's `MatMulNBitsQuantizer`, block 32 with zero points, accuracy level 4 (int8 activations on CPU),
+every MatMul with a constant weight, the lm_head included; the `int4` recipe keeps the most sensitive ones at 8 bits
+(`INT4_RECIPES`). A tied lm_head often reaches its MatMul through a Transpose of the embedding table; the quantiser
+only takes constant weights, so the graph is first saved at onnxruntime's basic optimisation level, which folds that
+Transpose into a constant.
 int8: `quantize_dynamic`, per-channel int8 weights, int8 activations quantised at run time.
 fp16: `onnxruntime.transformers.float16` (weights, activations and cache in half precision; for GPUs).
 """
@@ -18,9 +19,9 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-QUANTIZATIONS = ("int4", "int8")
 INT4_BLOCK_SIZE = 32
 INT4_ACCURACY_LEVEL = 4
+SENSITIVE_RULES = ("none", "q4_k_m", "v-down")
 
 
 def _fold_constants(src: Path, dst: Path) -> None:
@@ -91,21 +92,42 @@ class Int4Options:
     lm_head_bits: 4, or 8 to keep the lm_head (the output projection over the vocabulary) at 8 bits, as llama.cpp's
     Q4 mixes keep their output tensor at 6 bits: the answer letter of a small student is a near-tie among a few
     logits there, which 4-bit rounding flips most easily.
+    sensitive: which other MatMuls go to 8 bits. "none"; "q4_k_m": llama.cpp's Q4_K_M rule, the attention value
+    projection and the MLP down projection of the first and last eighth of the layers and of every third layer
+    between (about half of them); "v-down": those two in every layer. llama.cpp keeps them at 6 bits because they
+    carry the largest quantisation error into the residual stream; MatMulNBits has 4 and 8.
     """
 
     symmetric: bool = True
     accuracy_level: int = INT4_ACCURACY_LEVEL
     embedding: bool = True
     lm_head_bits: int = 4
+    sensitive: str = "none"
 
     def __post_init__(self):
         if self.lm_head_bits not in (4, 8):
             raise ValueError(f"lm_head_bits must be 4 or 8, not {self.lm_head_bits}")
+        if self.sensitive not in SENSITIVE_RULES:
+            raise ValueError(f"sensitive must be one of {SENSITIVE_RULES}, not {self.sensitive!r}")
 
 
-def quantize_int4(src: Path, dst: Path, options: Int4Options = Int4Options()) -> dict:
-    """4-bit MatMulNBits, block 32, lm_head included. Returns a description for scotd.json."""
+#: What `--quantize` ships, measured on the distilled CSQA student over the full dev set
+#: (bench/results/int4_accuracy.md): `int4` keeps the lm_head and each layer's value and down projections at 8 bits
+#: (KL to fp32 0.020, accuracy +1.0 points, 128 MB); `int4-uniform` stores every weight at 4 bits (KL 0.047,
+#: -0.7 points, 100 MB). Both take zero points: symmetric blocks lost 2.6 points on the same student.
+INT4_RECIPES = {
+    "int4": Int4Options(symmetric=False, lm_head_bits=8, sensitive="v-down"),
+    "int4-uniform": Int4Options(symmetric=False),
+}
+QUANTIZATIONS = (*INT4_RECIPES, "int8")
+
+
+def quantize_int4(src: Path, dst: Path, options: Int4Options | None = None) -> dict:
+    """4-bit MatMulNBits, block 32, lm_head included (default: the `int4` recipe). Returns a description for
+    scotd.json."""
     import onnx
+
+    options = options or INT4_RECIPES["int4"]
 
     op_types = ("MatMul", "Gather") if options.embedding else ("MatMul",)
     axes = (("MatMul", 0), ("Gather", 1)) if options.embedding else (("MatMul", 0),)
@@ -114,10 +136,11 @@ def quantize_int4(src: Path, dst: Path, options: Int4Options = Int4Options()) ->
         _fold_constants(src, folded)
         model = onnx.load(str(folded))
         unfused = _unfuse_transposed_matmuls(model)
-        head = _lm_head_matmul(model) if options.lm_head_bits != 4 else None
-        qmodel = _nbits(model, 4, options, op_types, axes, exclude=[head] if head else [])
-        if head:  # the second pass finds only the lm_head left as a float MatMul with a constant weight
-            qmodel = _nbits(qmodel, options.lm_head_bits, options, ("MatMul",), (("MatMul", 0),), include=[head])
+        eight = [_lm_head_matmul(model)] if options.lm_head_bits == 8 else []
+        eight += _sensitive_matmuls(model, options.sensitive)
+        qmodel = _nbits(model, 4, options, op_types, axes, exclude=eight)
+        if eight:  # the second pass finds only these left as float MatMuls with a constant weight
+            qmodel = _nbits(qmodel, 8, options, ("MatMul",), (("MatMul", 0),), include=eight)
         matmuls = sum(1 for n in qmodel.graph.node if n.op_type == "MatMul")
         nbits = sum(1 for n in qmodel.graph.node if n.op_type == "MatMulNBits")
         gathers = sum(1 for n in qmodel.graph.node if n.op_type == "GatherBlockQuantized")
@@ -134,7 +157,38 @@ def quantize_int4(src: Path, dst: Path, options: Int4Options = Int4Options()) ->
         "quantized_embeddings": gathers,
         "lm_head_unfused": unfused,
         "lm_head_bits": options.lm_head_bits,
+        "sensitive_8bit": options.sensitive,
+        "matmuls_8bit": len(eight),
     }
+
+
+def _sensitive_matmuls(model, rule: str) -> list[str]:
+    """Names of the MatMuls `rule` keeps at 8 bits, found by the graph's structure, not by node names (an export
+    renames them): a layer's value projection feeds input 2 of its GroupQueryAttention, its down projection is the
+    MatMul whose weight has the MLP's width as input dimension. Graphs without fused attention (OPT, GPT-2) get the
+    down projections only."""
+    if rule == "none":
+        return []
+    inits = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    weighted = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits
+                and len(inits[n.input[1]].dims) == 2]
+    head = _lm_head_matmul(model)
+    body = [n for n in weighted if n.name != head]
+    if not body:
+        return []
+    width = max(inits[n.input[1]].dims[0] for n in body)
+    downs = [n.name for n in body if inits[n.input[1]].dims[0] == width]
+    names = {n.name for n in body}
+    values = [producer[g.input[2]].name for g in model.graph.node if g.op_type == "GroupQueryAttention"
+              and g.input[2] in producer and producer[g.input[2]].name in names]
+    chosen = []
+    for group in (values, downs):  # each in layer order: the graph is topologically sorted
+        n = len(group)
+        for i, name in enumerate(group):  # llama.cpp's use_more_bits(i_layer, n_layers)
+            if rule == "v-down" or i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2:
+                chosen.append(name)
+    return chosen
 
 
 def _nbits(model, bits: int, options: Int4Options, op_types, axes, exclude=(), include=None):
@@ -200,8 +254,8 @@ def convert_fp16(src: Path, dst: Path) -> dict:
 
 
 def apply(kind: str, src: Path, dst: Path) -> dict:
-    if kind == "int4":
-        return quantize_int4(src, dst)
+    if kind in INT4_RECIPES:
+        return {"recipe": kind, **quantize_int4(src, dst, INT4_RECIPES[kind])}
     if kind == "int8":
         return quantize_int8(src, dst)
     raise ValueError(f"quantization must be one of {QUANTIZATIONS}, not {kind!r}")

@@ -98,8 +98,10 @@ class PipelineConfig:
             raise ScotdError(f"{source}: key 'temperature' must be >= 0")
         if ":" not in self.teacher:
             raise ScotdError(f"{source}: key 'teacher' must be BACKEND:MODEL, e.g. hf:embedded")
-        if self.export_quantize not in (None, "int4", "int8"):
-            raise ScotdError(f"{source}: key 'export_quantize' must be int4, int8 or null")
+        from .export.quantize import QUANTIZATIONS
+
+        if self.export_quantize not in (None, *QUANTIZATIONS):
+            raise ScotdError(f"{source}: key 'export_quantize' must be one of {', '.join(QUANTIZATIONS)} or null")
         from .train import DistillConfig
 
         train_keys = {f.name for f in fields(DistillConfig)}

@@ -72,6 +72,8 @@ def test_embedded_int4(onnx_student_int4_dir):
     q = meta["quantization"]
     assert q["method"] == "MatMulNBits" and q["block_size"] == 32 and q["bits"] == 4
     assert q["float_matmuls_left"] == 0  # lm_head included
+    # the shipped recipe: zero points, lm_head + 30 value + 30 down projections at 8 bits, the rest 4-bit
+    assert q["recipe"] == "int4" and not q["symmetric"] and q["matmuls_8bit"] == 61 and q["lm_head_bits"] == 8
     change = meta["accuracy_change"]
     assert change["n"] == 4 and "change" in change and change["task"] == "csqa"
     assert meta["size_mb"] < 200
@@ -84,7 +86,7 @@ def test_int4_options_change_the_graph(tiny_dirs, tmp_path):
     from scotd_harness.export.quantize import Int4Options, quantize_int4
 
     fp32 = export(tiny_dirs["llama"], tmp_path / "fp32", **QUIET)
-    default = quantize_int4(fp32 / "model.onnx", tmp_path / "sym.onnx")
+    default = quantize_int4(fp32 / "model.onnx", tmp_path / "sym.onnx", Int4Options())
     asym = quantize_int4(fp32 / "model.onnx", tmp_path / "asym.onnx",
                          Int4Options(symmetric=False, accuracy_level=0, embedding=False))
     assert default["symmetric"] and default["quantized_embeddings"] == 1
@@ -127,3 +129,48 @@ def test_int4_with_an_8_bit_lm_head(tiny_dirs, tmp_path):
     ref = OnnxStudent(fp32).forward_logits(ids)[0]
     err = {k: float(np.abs(OnnxStudent(v).forward_logits(ids)[0] - ref).mean()) for k, v in variants.items()}
     assert 0 < err["head8"] < err["q4"], err
+
+
+def test_int4_sensitive_layers_at_8_bits(tiny_dirs, tmp_path):
+    """`sensitive="v-down"`: each layer's value projection (the MatMul feeding GroupQueryAttention's value input)
+    and down projection (the MatMul over the MLP's width) become 8-bit, found by graph structure; `q4_k_m` picks a
+    subset of them by llama.cpp's layer rule; everything else stays 4-bit and the logits move closer to fp32."""
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    from scotd_harness.export.quantize import Int4Options, quantize_int4
+    from scotd_harness.export.runtime import OnnxStudent
+
+    with pytest.raises(ValueError, match="sensitive"):
+        Int4Options(sensitive="all")
+    fp32 = export(tiny_dirs["llama"], tmp_path / "fp32", **QUIET)
+    cfg = json.loads((fp32 / "config.json").read_text())
+    kv_width = cfg["num_key_value_heads"] * cfg["hidden_size"] // cfg["num_attention_heads"]
+    variants, records = {}, {}
+    for name in ("none", "q4_k_m", "v-down"):
+        out = tmp_path / name
+        shutil.copytree(fp32, out, ignore=shutil.ignore_patterns("model.onnx*"))
+        records[name] = quantize_int4(fp32 / "model.onnx", out / "model.onnx", Int4Options(sensitive=name))
+        variants[name] = out
+    layers = cfg["num_hidden_layers"]
+    assert records["none"]["matmuls_8bit"] == 0 and records["v-down"]["matmuls_8bit"] == 2 * layers
+    assert 0 < records["q4_k_m"]["matmuls_8bit"] <= 2 * layers
+    assert all(r["float_matmuls_left"] == 0 for r in records.values())
+    graph = onnx.load(str(variants["v-down"] / "model.onnx"), load_external_data=False).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    eight = []
+    for n in graph.node:
+        if n.op_type == "MatMulNBits":
+            attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+            if attrs["bits"] == 8:
+                eight.append((attrs["K"], attrs["N"]))
+    assert sorted(eight) == sorted([(cfg["hidden_size"], kv_width)] * layers
+                                   + [(cfg["intermediate_size"], cfg["hidden_size"])] * layers)
+    values = [producer[g.input[2]] for g in graph.node if g.op_type == "GroupQueryAttention"]
+    assert len(values) == layers
+    assert all({a.name: helper.get_attribute_value(a) for a in v.attribute}["bits"] == 8 for v in values)
+    ids = [OnnxStudent(fp32).encode("Q: Where do you keep milk cold?\nAnswer Choices:\n(a) fridge\n(b) oven\nA:")]
+    ref = OnnxStudent(fp32).forward_logits(ids)[0]
+    err = {k: float(np.abs(OnnxStudent(v).forward_logits(ids)[0] - ref).mean()) for k, v in variants.items()}
+    assert 0 < err["v-down"] < err["none"], err

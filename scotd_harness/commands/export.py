@@ -2,14 +2,18 @@
 
 import click
 
+from scotd_harness.export.quantize import QUANTIZATIONS
+
 
 @click.command("export")
 @click.argument("student")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory to create.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="Weights and activations; fp16 is for GPUs.")
-@click.option("--quantize", "quantization", type=click.Choice(["int8", "int4"]), default=None,
-              help="int4: 4-bit MatMulNBits, block 32, lm_head included (fast on CPU); int8: dynamic int8.")
+@click.option("--quantize", "quantization", type=click.Choice(QUANTIZATIONS), default=None,
+              help="int4: 4-bit MatMulNBits, block 32, the lm_head and each layer's value and down projections at "
+                   "8 bits (fast on CPU, closest to fp32); int4-uniform: every weight 4-bit (smallest); int8: "
+                   "dynamic int8.")
 @click.option("--route", type=click.Choice(["dynamo-gqa", "optimum"]), default=None,
               help="Export route; default per family (Llama: dynamo-gqa, fused attention; OPT/GPT-2: optimum).")
 @click.option("--atol", type=float, default=None, help="Largest accepted |logit diff| against PyTorch (fp32).")
