@@ -68,6 +68,7 @@ def _torch_like(kind: str, path: str, batch: int) -> dict:
         model = ORTModelForCausalLM.from_pretrained(path, session_options=so, use_io_binding=False)
     enc = tok(_prompts(batch), return_tensors="pt", padding=True, add_special_tokens=False)
     eos = model.generation_config.eos_token_id
+    eos = eos[0] if isinstance(eos, list) else eos  # a trained student's generation config lists its end ids
 
     def prefill():
         with torch.no_grad():
