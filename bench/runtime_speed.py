@@ -31,6 +31,18 @@ NEW_TOKENS = 64
 THREADS = 2
 
 
+def _int4_mix(q: dict) -> str:
+    """What tells int4 exports apart (zero points, 8-bit layers): each is its own row."""
+    if q.get("bits") != 4 or q.get("symmetric") is None:
+        return ""
+    parts = ["sym" if q["symmetric"] else "asym"]
+    if q.get("matmuls_8bit"):
+        parts.append(f"{q['matmuls_8bit']} MatMuls 8-bit")
+    elif q.get("lm_head_bits") == 8:
+        parts.append("lm_head 8-bit")
+    return f" ({', '.join(parts)})"
+
+
 # ------------------------------------------------------------------------------------------------ worker side
 def _prompts(n: int) -> list[str]:
     from scotd_harness import formats
@@ -215,7 +227,7 @@ def main() -> None:
         if path:
             meta = json.loads((Path(path) / "scotd.json").read_text())
             q = meta.get("quantization")
-            weights = f"{q['method']} int{q['bits']}" if q else meta.get("dtype", "fp32")
+            weights = f"{q['method']} int{q['bits']}{_int4_mix(q)}" if q else meta.get("dtype", "fp32")
             backends.append((f"scotd runtime ({meta['graph']['attention']})", "runtime", path, weights))
     batches = [int(b) for b in args.batches.split(",")]
     raw: dict = {}
