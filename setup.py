@@ -87,6 +87,7 @@ setup(
         "optimum-onnx==0.1.0",
         "onnx>=1.18",
         "onnxscript>=0.5",
+        "onnx-ir>=0.1",
         "onnxruntime>=1.22",
         "gguf>=0.17",
         "sentencepiece",
@@ -99,6 +100,9 @@ setup(
         "tenacity",
         "fastapi",
         "uvicorn",
+        "pydantic>=2",
+        "filelock>=3",
+        "scikit-learn",
         "matplotlib",
     ],
     extras_require={

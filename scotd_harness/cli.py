@@ -8,6 +8,7 @@ Library code raises `ScotdError`; this boundary turns it into a clean message an
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 
 import click

