@@ -7,9 +7,11 @@
 - `POST /v1/answer`: a question and its choices in, the student's rationale, parsed answer and (n > 1) votes out.
 - `GET /v1/models`, `GET /health`.
 
-Bounds: request bodies over `max_body_bytes` get 413, more than `max_concurrency` requests in flight get 429
-(generation itself runs one request at a time: one session already uses every core it is given), malformed or
-out-of-range fields get 400/422 with the reason. All decoding is the runtime's; this module only translates.
+Bounds (`scotd_harness.limits`, shared with the clients that must fit them): request bodies over
+`max_body_bytes` get 413, more than `max_concurrency` requests in flight get 429 with `Retry-After` (generation
+itself runs one request at a time: one session already uses every core it is given), malformed or out-of-range
+fields get 422 and requests whose prompts x n x max_tokens exceed `MAX_TOTAL_TOKENS` get 400, with the reason.
+All decoding is the runtime's; this module only translates.
 """
 
 from __future__ import annotations
@@ -21,19 +23,18 @@ import uuid
 from typing import Annotated
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from scotd_harness import formats
+from scotd_harness.limits import MAX_LOGPROBS, MAX_N, MAX_PROMPTS, MAX_TOKENS, MAX_TOTAL_TOKENS
 
 from .runtime import GenerationConfig, OnnxStudent
 
-MAX_TOKENS_LIMIT = 1024
-MAX_N = 32
-MAX_PROMPTS = 32
-MAX_LOGPROBS = 5
+#: seconds a client told 429 should wait before retrying (the `Retry-After` header)
+RETRY_AFTER_S = 1
 
 
 class CompletionRequest(BaseModel):
@@ -41,7 +42,7 @@ class CompletionRequest(BaseModel):
 
     model: str | None = None
     prompt: Annotated[str, Field(max_length=32_000)] | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
-    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)] = 16
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] = 16
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     top_k: Annotated[int, Field(ge=0)] = 0
@@ -59,23 +60,29 @@ class AnswerRequest(BaseModel):
 
     question: Annotated[str, Field(min_length=1, max_length=8_000)]
     #: choice texts (labelled a, b, ... in order) or [label, text] pairs
-    choices: Annotated[list[str] | list[tuple[str, str]], Field(min_length=2, max_length=10)]
+    choices: Annotated[list[str] | list[tuple[str, str]], Field(min_length=2, max_length=len(formats.LABELS))]
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
-    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)] = 128
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] = 128
     seed: int | None = None
 
 
-def _choices(raw) -> list[tuple[str, str]]:
-    if all(isinstance(c, str) for c in raw):
-        return [(formats.label_for_index(i), c) for i, c in enumerate(raw)]
-    return [(formats.normalize_label(label), text) for label, text in raw]
-
-
-def _error(status: int, message: str) -> JSONResponse:
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     """OpenAI's error body, so OpenAI clients show the reason."""
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}}, status)
+    body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
+    return JSONResponse(body, status, headers=headers)
+
+
+def _total_tokens_problem(prompts: int, n: int, max_tokens: int) -> str | None:
+    """Why a request asks for too much generation in all, or None. Each field has its own cap, but their product
+    is what a request costs: 32 prompts x n 32 x 1024 tokens, each within its cap, would hold the one session
+    (and every client queued behind it) for a very long time."""
+    total = prompts * n * max_tokens
+    if total <= MAX_TOTAL_TOKENS:
+        return None
+    return (f"the request asks for up to {prompts} prompts x n {n} x max_tokens {max_tokens} = {total} generated "
+            f"tokens; the cap is {MAX_TOTAL_TOKENS} per request (split it into several requests)")
 
 
 def _logprobs_block(gen) -> dict:
@@ -117,7 +124,8 @@ def create_app(
                 return _error(413, f"request body over {max_body_bytes} bytes")
             async with guard:
                 if in_flight["n"] >= max_concurrency:
-                    return _error(429, f"more than {max_concurrency} requests in flight; retry later")
+                    return _error(429, f"more than {max_concurrency} requests in flight; retry later",
+                                  headers={"Retry-After": str(RETRY_AFTER_S)})
                 in_flight["n"] += 1
             try:
                 return await call_next(request)
@@ -159,6 +167,8 @@ def create_app(
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if any(not p for p in prompts):
             raise _bad("empty prompt")
+        if problem := _total_tokens_problem(len(prompts), req.n, req.max_tokens):
+            raise _bad(problem)
         stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
         config = GenerationConfig(
             max_new_tokens=req.max_tokens,
@@ -206,9 +216,11 @@ def create_app(
     @app.post("/v1/answer")
     async def answer(req: AnswerRequest):
         try:
-            choices = _choices(req.choices)
+            choices = formats.normalize_choices(req.choices)
         except ValueError as e:
-            raise _bad(str(e)) from None
+            raise _bad(f"choices: {e}") from None
+        if problem := _total_tokens_problem(1, req.n, req.max_tokens):
+            raise _bad(problem)
         temperature = req.temperature if req.temperature is not None else (0.0 if req.n == 1 else 0.7)
         if req.n > 1 and temperature == 0:
             raise _bad("n > 1 needs temperature > 0 (greedy chains would all be the same)")
@@ -238,7 +250,12 @@ def serve(
 ) -> None:
     import uvicorn
 
-    student = OnnxStudent(directory, device=device, threads=threads)
+    from scotd_harness.errors import ScotdError
+
+    try:
+        student = OnnxStudent(directory, device=device, threads=threads)
+    except FileNotFoundError as e:  # no scotd.json: a user's wrong path, not a bug
+        raise ScotdError(str(e)) from None
     name = student.meta.get("source", "scotd-student")
     app = create_app(student, model_name=name, max_concurrency=max_concurrency, max_body_bytes=max_body_bytes)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -14,8 +14,49 @@ from pathlib import Path
 
 from . import atomic, formats
 from .errors import DataFormatError
+from .jsonl import iter_jsonl
 
-REQUIRED = ("task", "id", "sample_index", "question", "choices", "rationale", "prediction")
+#: field -> (accepted types, whether it must be present). Checked on read, so a bad line fails here with its file,
+#: line and field, not later inside training or a filter.
+FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "task": ((str,), True),
+    "id": ((str, int), True),
+    "sample_index": ((int,), True),
+    "question": ((str,), True),
+    "choices": ((list,), True),
+    "rationale": ((str,), True),
+    "prediction": ((str,), True),
+    "answer": ((str, type(None)), False),
+    "correct": ((bool, type(None)), False),
+    "logprob": ((int, float, type(None)), False),
+    "num_tokens": ((int, type(None)), False),
+    "teacher": ((str, type(None)), False),
+    "prompt_version": ((str, type(None)), False),
+    "temperature": ((int, float, type(None)), False),
+    "raw": ((str, type(None)), False),
+}
+_TYPE_NAMES = {str: "a string", int: "an int", float: "a number", bool: "true or false", list: "a list",
+               type(None): "null"}
+
+
+def _check_fields(d: dict, path, lineno: int | None) -> None:
+    for key, (kinds, required) in FIELDS.items():
+        if key not in d:
+            if required:
+                raise DataFormatError(path, lineno, key, "missing")
+            continue
+        value = d[key]
+        # bool is an int to Python, but never a valid id, index or count
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            expected = " or ".join(_TYPE_NAMES[k] for k in kinds)
+            raise DataFormatError(path, lineno, key, f"expected {expected}, got {json.dumps(value)[:60]}")
+    if not all(isinstance(c, list) and len(c) == 2 and all(isinstance(x, str) for x in c) for c in d["choices"]):
+        raise DataFormatError(path, lineno, "choices", "expected a list of [label, text] pairs of strings")
+    labels = {c[0] for c in d["choices"]}
+    if d["prediction"] != formats.INVALID and d["prediction"] not in labels:
+        raise DataFormatError(path, lineno, "prediction",
+                              f"expected one of the choice labels {sorted(labels)} or {formats.INVALID!r}, "
+                              f"got {d['prediction']!r}")
 
 
 @dataclass
@@ -60,13 +101,7 @@ class CorpusRow:
 
     @classmethod
     def from_dict(cls, d: dict, path="<corpus>", lineno: int | None = None) -> CorpusRow:
-        for key in REQUIRED:
-            if key not in d:
-                raise DataFormatError(path, lineno, key, "missing")
-        if not isinstance(d["sample_index"], int):
-            raise DataFormatError(path, lineno, "sample_index", f"expected an int, got {d['sample_index']!r}")
-        if not isinstance(d["choices"], list) or not all(isinstance(c, list) and len(c) == 2 for c in d["choices"]):
-            raise DataFormatError(path, lineno, "choices", "expected a list of [label, text] pairs")
+        _check_fields(d, path, lineno)
         known = set(cls.__dataclass_fields__) - {"extra"}
         kwargs = {k: v for k, v in d.items() if k in known}
         kwargs.setdefault("answer", None)
@@ -77,18 +112,7 @@ class CorpusRow:
 def read_corpus(path: str | Path, *, tolerate_torn_tail: bool = True) -> Iterator[CorpusRow]:
     """Rows of a corpus file. A last line cut short by a kill (no trailing newline) is skipped when
     `tolerate_torn_tail`; any other malformed line is an error naming file, line and field."""
-    path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            if tolerate_torn_tail and lineno == len(lines) and not line.endswith("\n"):
-                return
-            raise DataFormatError(path, lineno, "<line>", f"not valid JSON ({e.msg})") from None
+    for lineno, d in iter_jsonl(path, tolerate_torn_tail=tolerate_torn_tail):
         yield CorpusRow.from_dict(d, path, lineno)
 
 

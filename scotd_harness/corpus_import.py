@@ -15,7 +15,6 @@ Answers are parsed and rationales cleaned by `formats`, as for sampled chains.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -25,6 +24,7 @@ from pathlib import Path
 from . import formats
 from .corpus import CorpusRow
 from .errors import DataFormatError, ScotdError
+from .jsonl import read_json, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -96,20 +96,13 @@ def import_distilling_step_by_step(
     file_split = "test" if DSS_SPLITS[split] == "validation" else "train"
     root = find_dss_root(path)
     cqa = root / f"cqa_{file_split}.json"
-    records = []
-    with open(cqa, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append((lineno, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise DataFormatError(cqa, lineno, "<line>", f"not valid JSON ({e.msg})") from None
+    records = read_jsonl(cqa)
     completions: list[str] = []
     parts = sorted((root / "llm").glob(f"{file_split}_CoT_*.json"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
     for k, part in enumerate(parts):
         if part.stem != f"{file_split}_CoT_{k}":
             raise ScotdError(f"{root / 'llm'}: expected {file_split}_CoT_{k}.json, found {part.name}")
-        chunk = json.loads(part.read_text(encoding="utf-8"))
+        chunk = read_json(part)
         if not isinstance(chunk, list) or not all(isinstance(c, str) for c in chunk):
             raise DataFormatError(part, None, "<file>", "expected a JSON array of strings")
         completions.extend(chunk)
@@ -124,8 +117,14 @@ def import_distilling_step_by_step(
         for key in ("id", "question", "choices", "answer"):
             if key not in rec:
                 raise DataFormatError(cqa, lineno, key, "missing")
-        choices = [[formats.label_for_index(i), text] for i, text in enumerate(rec["choices"])]
-        gold = [label for label, text in choices if text == rec["answer"]]
+        if not isinstance(rec["question"], str):
+            raise DataFormatError(cqa, lineno, "question", "expected a string")
+        try:
+            choices = [list(c) for c in formats.normalize_choices(rec["choices"])]
+        except ValueError as e:
+            raise DataFormatError(cqa, lineno, "choices", str(e)) from None
+        answer_text = rec["answer"].strip() if isinstance(rec["answer"], str) else None
+        gold = [label for label, text in choices if text == answer_text]
         answer = gold[0] if len(gold) == 1 else None
         if official is not None:
             ex = official.get(str(rec["id"]))
@@ -215,19 +214,22 @@ def import_scotd_release(
     official ids and gold answers; without it, ids are `<task>-<split>-<index>` and the question and choices
     come from the prompt (gold unknown: `correct` then follows the release's own score)."""
     path = Path(path)
-    records = _release_records(json.loads(path.read_text(encoding="utf-8")), path)
+    records = _release_records(read_json(path), path)
     report = ImportReport(source=f"SCoTD release {path.name}")
     rows = []
     next_index: dict[int, int] = {}
     mismatched = 0
     for i, rec in enumerate(records):
         where = f"{path}[{i}]"
-        for key in ("prompt", "response", "score", "index"):
+        if not isinstance(rec, dict):
+            raise DataFormatError(where, None, "<record>", "expected a JSON object")
+        for key, kinds in (("prompt", str), ("response", str), ("score", (int, float)), ("index", int)):
             if key not in rec:
                 raise DataFormatError(where, None, key, "missing")
+            if not isinstance(rec[key], kinds) or isinstance(rec[key], bool):
+                raise DataFormatError(where, None, key, f"expected {getattr(kinds, '__name__', 'a number')}, "
+                                                        f"got {type(rec[key]).__name__}")
         index = rec["index"]
-        if not isinstance(index, int):
-            raise DataFormatError(where, None, "index", f"expected an int, got {index!r}")
         try:
             p_question, p_choices = parse_prompt_question(rec["prompt"])
         except ValueError as e:

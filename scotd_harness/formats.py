@@ -56,6 +56,35 @@ def normalize_label(raw: str | int) -> str:
     return text
 
 
+def normalize_choices(raw) -> list[tuple[str, str]]:
+    """A question's choices as given by a user (`scotd infer`, `/v1/answer`, an input file) -> [(label, text)].
+
+    Takes choice texts (labelled a, b, ... in order) or [label, text] pairs. Texts are stripped. Raises
+    ValueError with the reason for anything a prompt cannot be built from: fewer than two or more than
+    len(LABELS) choices, an empty or non-string text, a bad or repeated label.
+    """
+    if isinstance(raw, (str, bytes)) or not isinstance(raw, Sequence):
+        # ValueError like every other refusal here: callers catch one exception type for "bad choices"
+        raise ValueError(f"expected a list of choice texts or [label, text] pairs, got {type(raw).__name__}")  # noqa: TRY004
+    if not 2 <= len(raw) <= len(LABELS):
+        raise ValueError(f"expected 2 to {len(LABELS)} choices, got {len(raw)}")
+    if all(isinstance(c, str) for c in raw):
+        pairs = [(label_for_index(i), c) for i, c in enumerate(raw)]
+    elif all(isinstance(c, Sequence) and not isinstance(c, str) and len(c) == 2 for c in raw):
+        pairs = [(normalize_label(label), text) for label, text in raw]
+    else:
+        raise ValueError("expected every choice to be a text, or every choice a [label, text] pair")
+    out = []
+    for i, (label, text) in enumerate(pairs):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"choice {i + 1} ({label}) has no text")
+        out.append((label, text.strip()))
+    labels = [label for label, _ in out]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"repeated choice labels {labels}")
+    return out
+
+
 def format_choices(choices: Choices) -> str:
     return "\n".join(f"({label}) {text}" for label, text in choices)
 

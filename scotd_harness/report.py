@@ -10,28 +10,24 @@ from __future__ import annotations
 import csv
 import html
 import io
-import json
 import os
 from pathlib import Path
 
 from . import atomic
 from .errors import ScotdError
+from .jsonl import iter_jsonl, read_json
 
 #: report row order and labels
 MODEL_LABELS = {"teacher": "teacher (few-shot CoT)", "undistilled": "student, undistilled", "label_only":
                 "student, label-only fine-tuned", "scotd": "student, SCoTD-distilled"}
 
 
-def _read_json(path: Path):
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def load_run(root: str | os.PathLike) -> dict:
     root = Path(root)
     if not (root / "config.json").is_file():
         raise ScotdError(f"{root} is not a pipeline run directory (no config.json)")
-    state = _read_json(root / "stages.json").get("stages", {}) if (root / "stages.json").is_file() else {}
-    return {"root": root, "config": _read_json(root / "config.json"), "stages": state}
+    state = read_json(root / "stages.json").get("stages", {}) if (root / "stages.json").is_file() else {}
+    return {"root": root, "config": read_json(root / "config.json"), "stages": state}
 
 
 def accuracy_rows(run: dict) -> list[dict]:
@@ -41,7 +37,7 @@ def accuracy_rows(run: dict) -> list[dict]:
         path = run["root"] / "eval" / model / "results.json"
         if not path.is_file():
             continue
-        results = _read_json(path).get("results", {})
+        results = read_json(path).get("results", {})
         for task, metrics in results.items():
             for key, value in metrics.items():
                 metric, _, flt = key.partition(",")
@@ -127,8 +123,7 @@ def _samples(run: dict, model: str) -> dict[str, dict]:
     for path in sorted(folder.glob("samples_*.jsonl")) if folder.is_dir() else []:
         if path.stem.endswith(("_sc", "_direct")):
             continue
-        for line in path.read_text(encoding="utf-8").splitlines():
-            rec = json.loads(line)
+        for _, rec in iter_jsonl(path):
             doc = rec.get("doc", {})
             resps = rec.get("resps") or [[""]]
             text = resps[0][0] if resps and resps[0] else ""
@@ -230,7 +225,7 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
     if infer or onnx_meta.is_file():
         lines = ["## Deployed student (ONNX)\n"]
         if onnx_meta.is_file():
-            lines.extend(_onnx_lines(_read_json(onnx_meta)))
+            lines.extend(_onnx_lines(read_json(onnx_meta)))
         if infer:
             lines.append(f"Inference stage: {infer['questions']} questions in {infer['seconds']} s, "
                          f"{infer['tokens_per_second']} generated tokens/s, {infer['correct']} correct.")

@@ -114,3 +114,48 @@ def test_hub_route_is_taken_without_a_data_dir(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(ScotdError, match="tau/commonsense_qa.*SCOTD_DATA_DIR"):
         load_examples("csqa", "validation")
+
+
+def _sha1_int(key: str) -> int:
+    import hashlib
+
+    return int(hashlib.sha1(key.encode()).hexdigest(), 16)
+
+
+def test_hash_subsets_keep_their_published_membership(data_dir):
+    """One hash-split function serves train-holdout and training's dev slice; both sets must stay what they were
+    (results were published on them): holdout = sha1 % 10 == 0, dev slice = sha1 % 10_000 < fraction * 10_000."""
+    from scotd_harness.datasets import in_holdout
+    from scotd_harness.hashsplit import in_hash_fraction
+
+    ids = [ex.id for ex in load_examples("csqa", "train", data_dir=data_dir)]
+    holdout = {i for i in ids if in_holdout(i)}
+    assert holdout == {i for i in ids if _sha1_int(i) % 10 == 0}
+    assert {e.id for e in load_examples("csqa", "train-holdout", data_dir=data_dir)} == holdout
+    assert len(holdout) == 960
+    for fraction in (0.0, 0.02, 0.05, 0.1, 0.3):
+        dev = {i for i in ids if in_hash_fraction(i, fraction)}
+        assert dev == {i for i in ids if fraction > 0 and _sha1_int(i) % 10_000 < fraction * 10_000}
+    assert 0 < len({i for i in ids if in_hash_fraction(i, 0.05)}) < len(holdout)
+
+
+def test_jsonl_reader_names_file_and_line_and_tolerates_only_a_torn_tail(tmp_path):
+    import gzip
+
+    from scotd_harness.jsonl import iter_jsonl
+
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\n{"a": ')
+    assert [r for _, r in iter_jsonl(path, tolerate_torn_tail=True)] == [{"a": 1}, {"a": 2}]
+    with pytest.raises(DataFormatError, match=r"x\.jsonl:4: .*not valid JSON"):
+        list(iter_jsonl(path))
+    path.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')  # a broken line in the middle is never a torn tail
+    with pytest.raises(DataFormatError, match=r"x\.jsonl:2: "):
+        list(iter_jsonl(path, tolerate_torn_tail=True))
+    path.write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(DataFormatError, match=r"x\.jsonl:2: .*expected a JSON object, got list"):
+        list(iter_jsonl(path))
+    gz = tmp_path / "y.json.gz"
+    with gzip.open(gz, "wt", encoding="utf-8") as f:
+        f.write('{"b": 1}\n{"b": 2}\n')
+    assert list(iter_jsonl(gz)) == [(1, {"b": 1}), (2, {"b": 2})]

@@ -102,3 +102,28 @@ def test_extraction_on_recorded_embedded_model_outputs(fixtures_dir):
         choices = [tuple(c) for c in row["choices"]]
         assert F.extract_answer(row["completion"], choices) == row["expected"], row["completion"]
     assert sum(row["expected"] == F.INVALID for row in rows) == 2
+
+
+def test_normalize_choices_texts_and_pairs():
+    assert F.normalize_choices([" fridge", "oven "]) == [("a", "fridge"), ("b", "oven")]
+    assert F.normalize_choices([["A", "yes"], ("(b)", "no")]) == [("a", "yes"), ("b", "no")]
+    assert F.normalize_choices([[0, "yes"], [1, "no"]]) == [("a", "yes"), ("b", "no")]
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (["only"], "2 to 10 choices, got 1"),
+        ([f"c{i}" for i in range(11)], "2 to 10 choices, got 11"),
+        (["x", "  "], "choice 2 (b) has no text"),
+        ([["a", "x"], ["b", None]], "choice 2 (b) has no text"),
+        ([["a", "x"], ["a", "y"]], "repeated choice labels"),
+        ([["a", "x"], ["z", "y"]], "not an answer label"),
+        (["x", ["b", "y"]], "every choice to be a text"),
+        ("x|y", "got str"),
+        (None, "got NoneType"),
+    ],
+)
+def test_normalize_choices_refuses_with_the_reason(raw, reason):
+    with pytest.raises(ValueError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        F.normalize_choices(raw)

@@ -24,8 +24,8 @@ def _refuse_clobber(out: str, force: bool) -> None:
 
 
 @command.command("filter")
-@click.argument("corpus", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Filtered corpus to write.")
+@click.argument("corpus", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), help="Filtered corpus to write (required unless --list).")
 @click.option("-f", "--filter", "filters", multiple=True, metavar="NAME[:OPTS]",
               help="A filter, repeatable, applied in order: correct, all, random-k:k=5, likelihood-k:k=5, "
                    "diversity-k:k=5[,embedder=tfidf], open-ended[:fraction=0.5]. Default: correct. diversity-k's "
@@ -33,7 +33,7 @@ def _refuse_clobber(out: str, force: bool) -> None:
 @click.option("--list", "list_only", is_flag=True, help="List the filters and their options, then exit.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def filter_cmd(corpus, out, filters, list_only, force):
-    """Keep the chains of CORPUS that pass the filters and write them to OUT.
+    """Keep the chains of CORPUS that pass the filters and write them to OUT (`--list` needs neither).
 
     \b
     Examples (the paper's settings):
@@ -48,6 +48,8 @@ def filter_cmd(corpus, out, filters, list_only, force):
         for name, cls in FILTERS.items():
             click.echo(f"{name}: options {', '.join(cls.params) or '(none)'}")
         return
+    if corpus is None or out is None:
+        raise click.UsageError("give CORPUS and --out OUT (or --list to see the filters)")
     _refuse_clobber(out, force)
     rows = list(read_corpus(corpus))
     kept = apply_filters(rows, filters or ("correct",))

@@ -11,11 +11,11 @@ aside, as it is for QuaRel here.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 
 from ..errors import ScotdError
+from ..hashsplit import in_hash_fraction
 from .base import SPLITS, Example, data_dir_from_env
 
 __all__ = ["Example", "TASKS", "SPLITS", "load_examples", "task_names"]
@@ -32,14 +32,17 @@ TASKS: dict[str, tuple[str, int, str]] = {
 }
 SPLIT_ALIASES = {"dev": "validation", "val": "validation"}
 HOLDOUT_SPLITS = ("train-fit", "train-holdout")
+#: train-holdout is the ids with sha1 % 10 == 0 (a tenth); fraction and modulus together fix that set
+HOLDOUT_FRACTION, HOLDOUT_MODULUS = 0.1, 10
 
 
 def task_names() -> list[str]:
     return list(TASKS)
 
 
-def _in_holdout(example_id: str) -> bool:
-    return int(hashlib.sha1(example_id.encode()).hexdigest(), 16) % 10 == 0
+def in_holdout(example_id: str) -> bool:
+    """Whether an example of train belongs to train-holdout (else to train-fit)."""
+    return in_hash_fraction(example_id, HOLDOUT_FRACTION, HOLDOUT_MODULUS)
 
 
 def load_examples(
@@ -57,5 +60,5 @@ def load_examples(
     examples = module.load_official(task, base_split, root) if root else module.load_from_hub(task, base_split)
     if split in HOLDOUT_SPLITS:
         keep = split == "train-holdout"
-        examples = [ex for ex in examples if _in_holdout(ex.id) == keep]
+        examples = [ex for ex in examples if in_holdout(ex.id) == keep]
     return examples[:limit] if limit is not None else examples

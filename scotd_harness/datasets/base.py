@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,22 +53,6 @@ def require_file(path: Path, task: str, split: str) -> Path:
             f"or use the split 'train-holdout', a fixed tenth of train)"
         )
     return path
-
-
-def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, record) for each non-blank line; a malformed line is an error naming file and line."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(path, lineno, "<line>", f"not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise DataFormatError(path, lineno, "<line>", "expected a JSON object")
-            yield lineno, record
 
 
 def get_field(record: dict, name: str, path, lineno: int | None, kind: type | tuple = str):

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DataFormatError
-from .base import Example, download, get_field, iter_jsonl, require_file
+from ..jsonl import iter_jsonl
+from .base import Example, download, get_field, require_file
 
 FILES = {"train": "CSQA2_train.json.gz", "validation": "CSQA2_dev.json.gz", "test": "CSQA2_test_no_answers.json.gz"}
 URL = "https://github.com/allenai/csqa2/raw/master/dataset/{name}"

@@ -6,11 +6,11 @@ are easy, few and unreviewed, and accuracy on them says little. Ships inside the
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 
 from ..errors import ScotdError
-from ..formats import label_for_index
+from ..formats import normalize_choices
+from ..jsonl import iter_jsonl
 from .base import Example
 
 RESOURCE = ("scotd_harness", "demo/questions.jsonl")
@@ -19,13 +19,12 @@ RESOURCE = ("scotd_harness", "demo/questions.jsonl")
 def _load(task: str, split: str) -> list[Example]:
     if split not in ("train", "validation"):
         raise ScotdError(f"the demonstration set has splits train and validation, not {split!r}")
-    text = resources.files(RESOURCE[0]).joinpath(RESOURCE[1]).read_text(encoding="utf-8")
     examples = []
-    for line in text.splitlines():
-        r = json.loads(line)
-        if r["split"] == split:
-            choices = tuple((label_for_index(i), c) for i, c in enumerate(r["choices"]))
-            examples.append(Example(task, r["id"], r["question"], choices, r["answer"], {"demonstration": True}))
+    with resources.as_file(resources.files(RESOURCE[0]).joinpath(RESOURCE[1])) as path:
+        for _, r in iter_jsonl(path):
+            if r["split"] == split:
+                choices = tuple(normalize_choices(r["choices"]))
+                examples.append(Example(task, r["id"], r["question"], choices, r["answer"], {"demonstration": True}))
     return examples
 
 

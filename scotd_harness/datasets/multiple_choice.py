@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..errors import DataFormatError
 from ..formats import normalize_label
-from .base import Example, get_field, iter_jsonl, load_hub, require_file
+from ..jsonl import iter_jsonl
+from .base import Example, get_field, load_hub, require_file
 
 OFFICIAL_FILES = {
     "csqa": {

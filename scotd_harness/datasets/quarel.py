@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..errors import DataFormatError
 from ..formats import label_for_index
-from .base import Example, get_field, iter_jsonl, load_hub, require_file
+from ..jsonl import iter_jsonl
+from .base import Example, get_field, load_hub, require_file
 
 OFFICIAL_FILES = {s: f"quarel/quarel-v1-{f}.jsonl" for s, f in (("train", "train"), ("validation", "dev"), ("test", "test"))}
 _OPTIONS_RE = re.compile(r"^(?P<stem>.*?)\s*\(A\)\s*(?P<a>.*?)\s*\(B\)\s*(?P<b>.*?)\s*$", re.S)
