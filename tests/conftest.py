@@ -24,6 +24,20 @@ def data_dir() -> Path:
     return Path(value)
 
 
+#: QuaRel train in a data folder: the partial rebuild of public copies (830 questions, no official dev file) that
+#: development machines hold, or the official release that `scotd data fetch` brings (1941, with dev and test).
+QUAREL_PARTIAL_SHA256 = "ddcf9a48eb74ff4228fa54e0900579a0345f4cdcb99419252809bd8280511057"
+
+
+@pytest.fixture(scope="session")
+def quarel_train_size(data_dir) -> int:
+    """How many QuaRel train questions this data folder holds (tests that count them accept either copy)."""
+    from scotd_harness.data_fetch import sha256_of
+
+    path = data_dir / "quarel" / "quarel-v1-train.jsonl"
+    return 830 if sha256_of(path) == QUAREL_PARTIAL_SHA256 else 1941
+
+
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
     """The prepared embedded model (SmolLM2-135M-Instruct as float32 safetensors)."""

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from scotd_harness.cli import cli
 from scotd_harness.data_fetch import LOCK_NAME, MANIFEST, DataFile, fetch
 from scotd_harness.datasets import load_examples
+from scotd_harness.errors import ScotdError
 
 CSQA_DEV = "commonsenseqa/dev_rand_split.jsonl"
 IMDB_DEV = ("contrast_sets_imdb/dev_original.tsv", "contrast_sets_imdb/dev_contrast.tsv")
@@ -245,3 +246,24 @@ def test_archive_members_are_extracted_and_each_verified(tmp_path, data_dir):
         summary = fetch(tmp_path / "other", mirror=url, files=[members[0]], say=said.append)
     assert summary.failed == [archive.path, members[0].path]
     assert f"{archive.path}: could not download it: {url}/{archive.path}: HTTP 404" in said[-2]
+
+
+def test_sets_without_a_hub_copy_load_through_the_verified_fetch(tmp_path, data_dir, monkeypatch):
+    """With no data folder, the IMDb contrast set (no hub copy) is fetched once into the cache by the same pinned,
+    hash-checked download, here from the mirror; a corrupted copy is refused and nothing is cached."""
+    monkeypatch.delenv("SCOTD_DATA_DIR", raising=False)
+    monkeypatch.setenv("SCOTD_CACHE", str(tmp_path / "cache"))
+    rel = "contrast_sets_imdb/dev_contrast.tsv"
+    with serve(data_dir, replaced={rel: b"Sentiment\tText\nPositive\tnot the official bytes\n"}) as (url, _):
+        monkeypatch.setenv("SCOTD_DATA_MIRROR", url)
+        with pytest.raises(ScotdError, match=f"could not fetch {rel}"):
+            load_examples("imdb_contrast", "validation")
+        assert not (tmp_path / "cache" / "data" / rel).exists()
+    with serve(data_dir) as (url, log):
+        monkeypatch.setenv("SCOTD_DATA_MIRROR", url)
+        examples = load_examples("imdb_original", "validation")
+        assert examples == load_examples("imdb_original", "validation", data_dir=data_dir)
+        assert (tmp_path / "cache" / "data" / IMDB_DEV[0]).read_bytes() == (data_dir / IMDB_DEV[0]).read_bytes()
+        requests = len(log)
+        load_examples("imdb_original", "validation")
+        assert len(log) == requests  # cached: fetched once

@@ -134,10 +134,13 @@ def test_extraction_vote_and_metrics(utils):
     assert utils.process_results_direct(doc, lls) == {"acc": 1.0, "invalid_rate": 0.0}
 
 
-def test_missing_official_split_says_how_to_pick_another(utils, data_dir):
-    """QuaRel's official dev file is not in the data folder: a clear error naming the way out, no faked data."""
+def test_missing_official_split_says_how_to_pick_another(utils, data_dir, tmp_path):
+    """Without QuaRel's official dev file: a clear error naming the way out, no faked data."""
+    without_dev = tmp_path / "data"
+    (without_dev / "quarel").mkdir(parents=True)
+    (without_dev / "quarel" / "quarel-v1-train.jsonl").symlink_to(data_dir / "quarel" / "quarel-v1-train.jsonl")
     with pytest.raises(ScotdError, match="scotd_split"):
-        utils.load_dataset("quarel", scotd_data_dir=str(data_dir))
+        utils.load_dataset("quarel", scotd_data_dir=str(without_dev))
     docs = utils.load_dataset("quarel", scotd_data_dir=str(data_dir), scotd_split="train-holdout")["validation"]
     assert len(docs) > 0 and set(docs["split"]) == {"train-holdout"}
 

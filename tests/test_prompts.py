@@ -86,15 +86,21 @@ def test_render_and_parse_back(task):
 
 
 @pytest.mark.parametrize("task", [t for t in TASKS if t not in WRITTEN | DEMO])
-def test_exemplars_are_real_training_questions(task, data_dir):
+def test_exemplars_are_real_training_questions(task, data_dir, quarel_train_size):
     root = str(data_dir)
     split = SPLIT  # never plain "train": that would let an exemplar sit in train-holdout
     train = _examples(task, split, root)
     validation = _validation(task, root)
+    # QuaRel's exemplars carry the ids of the partial rebuild; in the official file (`scotd data fetch`) the same
+    # questions have official ids, so there they are found by their text.
+    key = (lambda ex: ex["question"]) if task == "quarel" and quarel_train_size != 830 else (lambda ex: ex["id"])
+    if task == "quarel" and quarel_train_size != 830:
+        train = {e.question: e for e in train.values()}
+        validation = {e.question: e for e in validation.values()}
     for ex in load_prompt(task).exemplars:
-        assert ex["id"] in train, f"{task} exemplar {ex['id']} is not in {split}"
-        assert ex["id"] not in validation, f"{task} exemplar {ex['id']} is a validation question"
-        official = train[ex["id"]]
+        assert key(ex) in train, f"{task} exemplar {ex['id']} is not in {split}"
+        assert key(ex) not in validation, f"{task} exemplar {ex['id']} is a validation question"
+        official = train[key(ex)]
         assert ex["question"] == official.question, ex["id"]
         assert [tuple(c) for c in ex["choices"]] == list(official.choices), ex["id"]
         assert ex["answer"] == official.answer, ex["id"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataFormatError, ScotdError
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 
@@ -71,20 +73,23 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SCOTD_CACHE", Path.home() / ".cache" / "scotd_harness")).expanduser()
 
 
-def download(url: str, name: str) -> Path:
-    """Fetch a public file once into the cache (for sets with no hub copy); written atomically."""
-    target = cache_dir() / "downloads" / name
+def fetch_official(path: str) -> Path:
+    """A file with no hub copy (IMDb contrast set, CSQA 2.0), fetched once into the cache by `scotd data fetch`'s
+    download: from its pinned release location (or $SCOTD_DATA_MIRROR), checked against its pinned sha256."""
+    from .. import data_fetch
+
+    root = cache_dir() / "data"
+    target = root / path
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
-            f.write(r.read())
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise ScotdError(f"could not download {url} ({e}); pass --data-dir with the official files instead") from e
-    os.replace(tmp, target)
+    files = [f for f in data_fetch.MANIFEST if f.path == path]
+    if not files:
+        raise ScotdError(f"no official file {path} is known to `scotd data fetch`")
+    summary = data_fetch.fetch(root, files=files, mirror=os.environ.get(data_fetch.MIRROR_ENV),
+                               say=lambda msg: log.warning("%s", msg))
+    if summary.failed or not target.is_file():
+        raise ScotdError(f"could not fetch {path} (see the message above); pass --data-dir with the official files, "
+                         f"or fetch them with `scotd data fetch DIR`")
     return target
 
 

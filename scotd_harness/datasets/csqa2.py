@@ -1,7 +1,8 @@
 """CommonsenseQA 2.0: yes/no statements, cast as two choices so every stage keeps one format.
 
 Files: `csqa2/CSQA2_{train,dev}.json.gz`, `CSQA2_test_no_answers.json.gz` (gzipped JSON lines with id, question,
-answer). Without a data directory they come from the public repository.
+answer). Without a data directory they are fetched from the public repository at a pinned commit, checked
+against their pinned sha256 (`scotd data fetch`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ from pathlib import Path
 
 from ..errors import DataFormatError
 from ..jsonl import iter_jsonl
-from .base import Example, download, get_field, require_file
+from .base import Example, fetch_official, get_field, require_file
 
 FILES = {"train": "CSQA2_train.json.gz", "validation": "CSQA2_dev.json.gz", "test": "CSQA2_test_no_answers.json.gz"}
-URL = "https://github.com/allenai/csqa2/raw/master/dataset/{name}"
 CHOICES = (("a", "yes"), ("b", "no"))
 
 
@@ -35,4 +35,4 @@ def load_official(task: str, split: str, data_dir: Path) -> list[Example]:
 
 
 def load_from_hub(task: str, split: str) -> list[Example]:
-    return parse(download(URL.format(name=FILES[split]), FILES[split]), task)
+    return parse(fetch_official(f"csqa2/{FILES[split]}"), task)

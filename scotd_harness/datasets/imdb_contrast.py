@@ -2,7 +2,8 @@
 
 Files: `contrast_sets_imdb/{dev,test}_{original,contrast}.tsv` with header `Sentiment\\tText`; row i of the
 original pairs with row i of the contrast file, so ids carry the row index (`dev-17`) to pair them again.
-There is no train split and no hub copy: without a data directory the files come from the public repository.
+There is no train split and no hub copy: without a data directory the files are fetched from the public
+repository at a pinned commit and checked against their pinned sha256 (`scotd data fetch`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ import sys
 from pathlib import Path
 
 from ..errors import DataFormatError, ScotdError
-from .base import Example, download, require_file
+from .base import Example, fetch_official, require_file
 
 SPLIT_FILES = {"validation": "dev", "test": "test"}
-URL = "https://raw.githubusercontent.com/allenai/contrast-sets/main/IMDb/data/{name}"
 CHOICES = (("a", "positive"), ("b", "negative"))
 QUESTION = "{review}\nWhat is the sentiment of this movie review?"
 
@@ -57,4 +57,4 @@ def load_official(task: str, split: str, data_dir: Path) -> list[Example]:
 
 def load_from_hub(task: str, split: str) -> list[Example]:
     name = _file_name(task, split)
-    return parse_tsv(download(URL.format(name=name), f"imdb_{name}"), task, split)
+    return parse_tsv(fetch_official(f"contrast_sets_imdb/{name}"), task, split)
