@@ -65,6 +65,19 @@ def resolve_task_names(task_manager, tasks: list[str]) -> list[str]:
     return names
 
 
+def _check_model(pretrained: str, model_type: str) -> None:
+    """A wrong model path fails here with its name, not deep inside transformers or onnxruntime."""
+    path = Path(pretrained).expanduser()
+    needs = "scotd.json" if model_type == "scotd-onnx" else "config.json"
+    if path.is_dir():
+        if not (path / needs).is_file():
+            what = "an export of `scotd export`" if model_type == "scotd-onnx" else "a transformers model directory"
+            raise ScotdError(f"{pretrained} is not {what} (no {needs})")
+    elif model_type == "scotd-onnx" or path.exists() or pretrained.startswith((".", "/", "~")):
+        raise ScotdError(f"model {pretrained} not found: give a model directory"
+                         + ("" if model_type == "scotd-onnx" else ", a hub id or `embedded`"))
+
+
 def evaluate(
     model: str,
     tasks: str | list[str],
@@ -95,6 +108,8 @@ def evaluate(
     from . import lm_eval_hook
     from .embedded import resolve_model
 
+    pretrained = resolve_model(model)
+    _check_model(pretrained, model_type)
     lm_eval_hook.install()  # the scotd tasks and scotd-onnx even where the .pth file is not processed
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -117,7 +132,6 @@ def evaluate(
                 task.set_config(key="repeats", value=sc_samples)
         selected = list(loaded.values())
 
-    pretrained = resolve_model(model)
     if device is None and model_type == "hf":
         # lm-eval's HFLM assumes cuda when no device is given, which fails on a CPU-only torch
         import torch

@@ -147,3 +147,18 @@ def test_report_on_a_run_with_a_broken_config(tmp_path):
     result = run("report", str(tmp_path))
     assert_one_line_error(result, "config.json:1", "not valid JSON")
     assert not (tmp_path / "report.md").exists()
+
+
+@pytest.mark.parametrize("model_type, folder_holds", [("hf", "notes.txt"), ("scotd-onnx", "config.json")])
+def test_eval_of_a_folder_that_is_not_a_model_is_a_clean_error(tmp_path, model_type, folder_holds):
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    (folder / folder_holds).write_text("{}")
+    result = CliRunner().invoke(cli, ["eval", str(folder), "--tasks", "scotd_csqa", "--model-type", model_type,
+                                      "--output", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    needs = "scotd.json" if model_type == "scotd-onnx" else "config.json"
+    assert "is not" in result.output and f"(no {needs})" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+    missing = CliRunner().invoke(cli, ["eval", str(tmp_path / "nowhere"), "--tasks", "scotd_csqa"])
+    assert missing.exit_code == 1 and "not found" in missing.output
