@@ -70,6 +70,13 @@ def test_bad_requests_get_4xx_with_reason(client, serve_url):
     assert r.status_code == 422
     r = httpx.post(serve_url + "/v1/completions", json={"prompt": "hi", "max_tokens": 9000}, timeout=30)
     assert r.status_code == 422 and "max_tokens" in r.text
+    from scotd_harness.limits import MAX_N, MAX_PROMPTS
+
+    r = httpx.post(serve_url + "/v1/completions", json={"prompt": "hi", "max_tokens": 1, "n": MAX_N + 1}, timeout=30)
+    assert r.status_code == 422 and f"n: Input should be less than or equal to {MAX_N}" in r.text
+    r = httpx.post(serve_url + "/v1/completions", json={"prompt": ["hi"] * (MAX_PROMPTS + 1), "max_tokens": 1},
+                   timeout=30)
+    assert r.status_code == 422 and "prompt" in r.text
     r = httpx.get(serve_url + "/v1/models", timeout=30)
     assert r.status_code == 200 and r.json()["data"]
 
