@@ -1,8 +1,9 @@
 """The torch-free CoT runtime for an exported student: session, encode, a lean decode loop, self-consistency.
 
-All of it in this one file, readable top to bottom. It imports only onnxruntime, tokenizers, numpy and
-`scotd_harness.formats` (the prompt, the stop strings and the answer parser), so a device that can run onnxruntime
-can run the student::
+All of it in this one file, readable top to bottom. It imports only onnxruntime, tokenizers, numpy and three
+standard-library-only modules of `scotd_harness`: `formats` (the prompt, the stop strings and the answer parser),
+`seeding` (per-chain seeds) and `teacher` (the trimming of log-probs at a stop string), so a device that can run
+onnxruntime can run the student::
 
     from scotd_harness.export.runtime import OnnxStudent, GenerationConfig
     student = OnnxStudent("student-onnx/")
@@ -22,8 +23,16 @@ The exported directory (see `exporter.py`) holds `model.onnx`, `tokenizer.json`,
   both the past input and the present output, which the op writes in place (onnxruntime's shared-buffer mode).
 
 Either way the loop is the same few lines per step: bind the new token and its position, run, pick the next
-token. Buffers live as OrtValues bound through IO binding, so on CUDA the cache never goes back to the host (only
-the last logits do). Self-consistency runs the prompt's prefill once and repeats its cache over the N chains.
+token. The KV cache lives in OrtValues bound through IO binding, so on CUDA it never goes back to the host. The
+logits do, bound to host memory: [batch, 1, vocab] per decode step, but for the prefill the whole [batch, prompt
+length, vocab] tensor, because the graph has one logits output for every position (the decode loop then reads
+only each row's last position; `forward_logits` and log-likelihoods read them all). Self-consistency runs the
+prompt's prefill once and repeats its cache over the N chains.
+
+Sampling draws one uniform number per row and step from that row's own stream, and picks the token where the
+row's cumulative distribution passes it. With a `seed`, chain j of a prompt is seeded with
+`seeding.row_seed(seed, j)`: the n chains of one request differ from each other, a rerun reproduces them, and a
+chain does not depend on the other prompts in the batch.
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from scotd_harness import formats
+from scotd_harness.seeding import row_seed
+from scotd_harness.teacher import kept_token_count
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +69,8 @@ class GenerationConfig:
     top_p: float = 1.0
     #: generation ends at the first of these strings, which is cut from the text
     stop: tuple[str, ...] = formats.STOP_STRINGS
-    #: seeds the sampler (numpy Generator); None draws fresh entropy
+    #: seeds the sampler: chain j of each prompt gets its own numpy Generator seeded with `row_seed(seed, j)`;
+    #: None draws fresh entropy
     seed: int | None = None
     #: keep going past end-of-sequence (benchmarks use it to decode a fixed number of tokens)
     ignore_eos: bool = False
@@ -285,7 +297,8 @@ class OnnxStudent:
         return logits[:, -1]
 
     # ----------------------------------------------------------------------------------------------- decoding
-    def _choose(self, logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> np.ndarray:
+    def _choose(self, logits: np.ndarray, config: GenerationConfig, rngs: list[np.random.Generator]) -> np.ndarray:
+        """One token per row: argmax at temperature 0, else a draw from each row's own stream."""
         if config.temperature == 0:
             return logits.argmax(axis=-1)
         x = logits.astype(np.float32) / config.temperature
@@ -302,12 +315,16 @@ class OnnxStudent:
             np.put_along_axis(keep, order, keep_sorted, axis=-1)
             p = np.where(keep, p, 0.0)
             p /= p.sum(axis=-1, keepdims=True)
-        u = rng.random(p.shape[0])[:, None]
-        return np.minimum((np.cumsum(p, axis=-1) < u).sum(axis=-1), p.shape[-1] - 1)
+        # inverse CDF in float64, the draw scaled to the total, so rounding never picks a token of probability 0
+        cdf = np.cumsum(p, axis=-1, dtype=np.float64)
+        u = np.array([rng.random() for rng in rngs])[:, None] * cdf[:, -1:]
+        return np.minimum((cdf <= u).sum(axis=-1), p.shape[-1] - 1)
 
-    def _decode(self, state: dict, logits: np.ndarray, prompt_lengths: list[int], config: GenerationConfig):
+    def _decode(self, state: dict, logits: np.ndarray, prompt_lengths: list[int], config: GenerationConfig,
+                chain_indices: list[int]):
+        """Decode every row to the end; `chain_indices[b]` is row b's chain index within its prompt (its seed)."""
         batch = logits.shape[0]
-        rng = np.random.default_rng(config.seed)
+        rngs = [np.random.default_rng(None if config.seed is None else row_seed(config.seed, j)) for j in chain_indices]
         out: list[list[int]] = [[] for _ in range(batch)]
         lps: list[list[float]] = [[] for _ in range(batch)]
         tops: list[list[dict]] = [[] for _ in range(batch)]
@@ -320,7 +337,7 @@ class OnnxStudent:
                 lsm = _log_softmax(logits)  # the model's own distribution, before any token is blocked
             if config.ignore_eos and self.eos_ids:
                 logits[:, list(self.eos_ids)] = -np.inf
-            tokens = self._choose(logits, config, rng)
+            tokens = self._choose(logits, config, rngs)
             tokens[done] = self.pad_id
             for b in np.flatnonzero(~done):
                 t = int(tokens[b])
@@ -346,7 +363,9 @@ class OnnxStudent:
             text = formats.truncate_at_stop(full, stops) if stops else full
             gen = Generation(text=text, token_ids=out[b], finish_reason=reason[b], prompt_tokens=prompt_lengths[b])
             if config.logprobs is not None:
-                keep = self._tokens_within(out[b], len(text)) if len(text) < len(full) else len(out[b])
+                keep = len(out[b])
+                if len(text) < len(full):  # cut at a stop string: keep the tokens that spell the text
+                    keep = kept_token_count(len(text), keep, lambda k, ids=out[b]: len(self.decode(ids[:k])))
                 gen.token_ids = out[b][:keep]
                 gen.logprobs = lps[b][:keep]
                 gen.tokens = [self.decode([t]) for t in out[b][:keep]]
@@ -354,13 +373,6 @@ class OnnxStudent:
                     gen.top_logprobs = tops[b][:keep]
             results.append(gen)
         return results
-
-    def _tokens_within(self, ids: list[int], n_chars: int) -> int:
-        """How many leading tokens are needed to cover the first n_chars of their text (text cut at a stop)."""
-        for k in range(len(ids) + 1):
-            if len(self.decode(ids[:k])) >= n_chars:
-                return k
-        return len(ids)
 
     def _budget(self, rows: list[list[int]], config: GenerationConfig) -> None:
         if self.max_positions and max(len(r) for r in rows) + config.max_new_tokens > self.max_positions:
@@ -372,18 +384,28 @@ class OnnxStudent:
         rows = [self.encode(p) if isinstance(p, str) else list(p) for p in prompts]
         self._budget(rows, config)
         state, logits = self._prefill(rows, extra=config.max_new_tokens)
-        return self._decode(state, logits, [len(r) for r in rows], config)
+        return self._decode(state, logits, [len(r) for r in rows], config, [0] * len(rows))
 
     def sample_n(
-        self, prompts: list[str] | list[list[int]], n: int, config: GenerationConfig | None = None
+        self,
+        prompts: list[str] | list[list[int]],
+        n: int,
+        config: GenerationConfig | None = None,
+        first_chain: int = 0,
     ) -> list[list[Generation]]:
-        """n completions per prompt; each prompt's prefill runs once and its cache is shared by its n chains."""
+        """n completions per prompt; each prompt's prefill runs once and its cache is shared by its n chains.
+
+        With `config.seed`, chain j of every prompt is seeded with `row_seed(seed, j)`, so `generate` (one chain
+        per prompt) gives chain 0, and a prompt's chains do not depend on the prompts batched beside it. The
+        chains are numbered from `first_chain`: a caller that asks for a prompt's chains in parts passes each
+        part's first index, so no part repeats another."""
         config = config or GenerationConfig()
         rows = [self.encode(p) if isinstance(p, str) else list(p) for p in prompts]
         self._budget(rows, config)
         state, logits = self._prefill(rows, extra=config.max_new_tokens)
         state = self._repeat(state, n)
-        gens = self._decode(state, np.repeat(logits, n, axis=0), [len(r) for r in rows for _ in range(n)], config)
+        gens = self._decode(state, np.repeat(logits, n, axis=0), [len(r) for r in rows for _ in range(n)], config,
+                            list(range(first_chain, first_chain + n)) * len(rows))
         return [gens[i * n : (i + 1) * n] for i in range(len(rows))]
 
     def answer_many(

@@ -5,6 +5,10 @@ is written, and the file is fsync'd after each batch of questions. A kill at any
 line, which a resume cuts away before appending. The sidecar `<corpus>.meta.json` (written atomically) records the
 settings; a resume with other settings is refused and names the keys that differ. A resume samples only the
 `(task, id, sample_index)` keys not yet in the file, so no key is ever written twice.
+
+The backend is told which chains it samples (the question's key and the first chain index of each contiguous
+run of missing indices), so each chain's seed derives from (run seed, question, chain index) and a resumed run
+asks for new chains, never again for the ones already written (`scotd_harness.seeding`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import atomic, formats
+from . import atomic, formats, seeding
 from .corpus import CorpusRow, read_corpus
 from .errors import ScotdError
 
@@ -208,22 +212,25 @@ def run_sampling(
 
     done = prepare_output(out, settings, resume)
     summary = SampleSummary()
-    todo: list[tuple[object, list[int]]] = []
+    todo: list[tuple[object, list[int]]] = []  # (example, one contiguous run of its missing chain indices)
+    last_missing: dict[int, int] = {}  # id(example) -> its last missing chain index: written means question done
     for ex in examples:
         missing = [i for i in range(settings.n) if (ex.task, ex.id, i) not in done]
         summary.chains_skipped += settings.n - len(missing)
         if missing:
-            todo.append((ex, missing))
+            todo.extend((ex, run) for run in _contiguous_runs(missing))
+            last_missing[id(ex)] = missing[-1]
         else:
             summary.questions_skipped += 1
     total_chains = sum(len(m) for _, m in todo)
+    total_questions = len(last_missing)
     if done:
         log.warning("resuming %s: %d chains already there, %d to sample", out, summary.chains_skipped, total_chains)
     start = time.monotonic()
     # disable=None: shown on a terminal, silent in logs and pipes, unless --progress/--no-progress says otherwise
     disable = None if progress is None else not progress
     bar = tqdm(total=total_chains, unit="chain", desc="sampling", disable=disable, dynamic_ncols=True)
-    bar.set_postfix_str(f"questions 0/{len(todo)}")
+    bar.set_postfix_str(f"questions 0/{total_questions}")
     try:
         with open(out, "a", encoding="utf-8") as f:
             for start_i in range(0, len(todo), questions_per_call):
@@ -234,7 +241,10 @@ def run_sampling(
                     by_count.setdefault(len(item[1]), []).append(item)
                 for count, items in by_count.items():
                     prompts = [render(ex) for ex, _ in items]
-                    results = backend.sample(prompts, count, settings.temperature, settings.max_new_tokens, stop)
+                    keys = [seeding.question_key(ex.task, ex.id) for ex, _ in items]
+                    starts = [missing[0] for _, missing in items]
+                    results = backend.sample(prompts, count, settings.temperature, settings.max_new_tokens, stop,
+                                             keys=keys, starts=starts)
                     if len(results) != len(items):
                         raise ScotdError(f"teacher returned {len(results)} results for {len(items)} prompts")
                     for (ex, missing), completions in zip(items, results):
@@ -247,11 +257,22 @@ def run_sampling(
                             summary.chains_written += 1
                             summary.correct += bool(row.correct)
                             summary.unparsed += row.prediction == formats.INVALID
-                        summary.questions += 1
+                        summary.questions += missing[-1] == last_missing[id(ex)]
                         bar.update(len(missing))
-                        bar.set_postfix_str(f"questions {summary.questions}/{len(todo)}")
+                        bar.set_postfix_str(f"questions {summary.questions}/{total_questions}")
                 os.fsync(f.fileno())
     finally:
         bar.close()
         summary.seconds = time.monotonic() - start
     return summary
+
+
+def _contiguous_runs(indices: list[int]) -> list[list[int]]:
+    """[0, 1, 4, 5, 6] -> [[0, 1], [4, 5, 6]]: each run is one (key, first chain index, count) for the backend."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs

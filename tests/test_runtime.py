@@ -63,6 +63,28 @@ def test_seeded_sampling_is_reproducible(student):
     assert [g.token_ids for g in a] == [g.token_ids for g in b]
 
 
+def test_temperature_one_samples_and_seeded_chains_reproduce(student):
+    """At temperature 1.0 the n chains of one prompt differ from each other and from greedy decoding (an
+    argmax-only decoder fails this). With a seed, chain j has its own stream: a rerun gives the same chains, chain
+    0 is what `generate` gives, the prompts batched beside it change nothing, chains asked for in parts
+    (`first_chain`) are the same chains, and another seed changes them."""
+    sampled = GenerationConfig(max_new_tokens=10, temperature=1.0, seed=3, stop=(), ignore_eos=True)
+    (greedy,) = student.generate([PROMPTS[0]], GenerationConfig(max_new_tokens=10, stop=(), ignore_eos=True))
+    (chains,) = student.sample_n([PROMPTS[0]], 4, sampled)
+    ids = [g.token_ids for g in chains]
+    assert len({tuple(x) for x in ids}) == 4 and any(x != greedy.token_ids for x in ids)
+    (again,) = student.sample_n([PROMPTS[0]], 4, sampled)
+    assert [g.token_ids for g in again] == ids
+    (first,) = student.generate([PROMPTS[0]], sampled)
+    assert first.token_ids == ids[0]
+    beside, _ = student.sample_n([PROMPTS[0], PROMPTS[1]], 4, sampled)
+    assert [g.token_ids for g in beside] == ids
+    (tail,) = student.sample_n([PROMPTS[0]], 2, sampled, first_chain=2)  # chains asked for in parts
+    assert [g.token_ids for g in tail] == ids[2:]
+    (other,) = student.sample_n([PROMPTS[0]], 4, GenerationConfig(**{**sampled.__dict__, "seed": 4}))
+    assert [g.token_ids for g in other] != ids
+
+
 def test_shared_prefill_matches_separate_runs(student):
     """Greedy chains from one shared prefill equal the single greedy run (the repeated cache is right)."""
     config = GenerationConfig(max_new_tokens=10, stop=(), ignore_eos=True)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from scotd_harness import formats
+from scotd_harness import formats, seeding
 from scotd_harness.corpus import read_corpus
 from scotd_harness.datasets import Example
 from scotd_harness.errors import ScotdError
@@ -35,12 +35,14 @@ class ScriptedTeacher(TeacherBackend):
         self.calls = 0
         self.fail_after_calls = fail_after_calls
         self.asked = []
+        self.chains = []  # (key, first chain index, n) per prompt asked
 
-    def sample(self, prompts, n, temperature, max_new_tokens, stop):
+    def sample(self, prompts, n, temperature, max_new_tokens, stop, *, keys=None, starts=None):
         if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
             raise KeyboardInterrupt("simulated interruption")
         self.calls += 1
         self.asked.append((len(prompts), n))
+        self.chains.extend((k, s, n) for k, s in zip(keys, starts))
         return [[Completion(f" Thing {j}. So the answer is: (a)", -1.5, 3, "stop") for j in range(n)] for _ in prompts]
 
 
@@ -110,7 +112,24 @@ def test_partial_question_is_completed_with_its_missing_indices(tmp_path):
     teacher = ScriptedTeacher()
     run_sampling(examples(1), render, teacher, settings(n=2), out, resume=True, progress=False)
     assert teacher.asked == [(1, 1)]
+    assert teacher.chains == [(seeding.question_key("csqa", "q0"), 1, 1)]  # the backend is told which chain
     assert [r.sample_index for r in read_corpus(out)] == [0, 1]
+
+
+def test_resume_asks_for_each_run_of_missing_chains_by_its_first_index(tmp_path):
+    """A corpus missing chains 1-2 and 4 of a question (e.g. lines lost to a kill, or removed by hand): the backend
+    is asked for exactly those chains, named by their first index, so their seeds differ from the kept chains'."""
+    out = tmp_path / "c.jsonl"
+    run_sampling(examples(2), render, ScriptedTeacher(), settings(n=5), out, progress=False)
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[i] for i in (0, 3, 5, 6, 7, 8, 9)) + "\n")  # q0 keeps chains 0 and 3 only
+    teacher = ScriptedTeacher()
+    summary = run_sampling(examples(2), render, teacher, settings(n=5), out, resume=True, progress=False)
+    key = seeding.question_key("csqa", "q0")
+    assert sorted(teacher.chains) == [(key, 1, 2), (key, 4, 1)]
+    assert summary.chains_written == 3 and summary.questions == 1 and summary.questions_skipped == 1
+    got = [r.key for r in read_corpus(out)]
+    assert len(got) == len(set(got)) == 10
 
 
 def test_refuses_clobber_and_mismatched_resume(tmp_path):
@@ -184,6 +203,28 @@ def test_hf_logprob_is_the_models_own(hf_teacher):
     target = ids[0, 1:]
     lp = logp[torch.arange(len(target)), target][-gen_ids.shape[1]:].sum().item()
     assert c.logprob == pytest.approx(lp, abs=1e-2)
+
+
+def test_hf_temperature_one_samples_and_each_chain_keeps_its_seed(hf_teacher):
+    """At temperature 1.0 the chains of one prompt differ from each other and from greedy decoding (an argmax-only
+    decoder fails this). Chain i of a question is seeded by (run seed, question, i): asked for again in pieces, as
+    a resumed run does, or beside another prompt in the batch, it is the same chain; another run seed changes it."""
+    t = hf_teacher
+    prompt = PROMPTS[1]
+    (greedy,) = t.sample([prompt], 1, 0.0, 12, ())[0]
+    (chains,) = t.sample([prompt], 4, 1.0, 12, (), keys=["q"], starts=[0])
+    texts = [c.text for c in chains]
+    assert len(set(texts)) > 1 and any(x != greedy.text for x in texts)
+    (tail,) = t.sample([prompt], 2, 1.0, 12, (), keys=["q"], starts=[2])
+    assert [c.text for c in tail] == texts[2:]
+    _, beside = t.sample([PROMPTS[0], prompt], 4, 1.0, 12, (), keys=["other", "q"])
+    assert [c.text for c in beside] == texts
+    t.seed = 1
+    try:
+        (reseeded,) = t.sample([prompt], 4, 1.0, 12, (), keys=["q"])
+    finally:
+        t.seed = 0
+    assert [c.text for c in reseeded] != texts
 
 
 def _cli_env():

@@ -1,7 +1,8 @@
 """Teacher behind any OpenAI-compatible `/v1/completions` endpoint: vLLM, TGI, llama.cpp's server, `scotd serve`,
 OpenAI itself. Scaling past one machine happens behind the endpoint (a vLLM deployment), not here.
 
-One request per prompt asks for all its chains at once (`n`, split into several requests when the server caps `n`),
+One request per prompt asks for all its chains at once (`n`, split into several requests when the server caps `n`,
+each with its own derived seed: see `OpenAITeacher`),
 with `logprobs` so each chain's token log-probabilities come back. Requests run on a bounded thread pool
 (`concurrency`), and each is retried with exponential backoff and jitter on 429, 5xx, time-outs and dropped
 connections (tenacity, as lm-eval's API models do); other errors (400, 401, 404) fail at once with the server's
@@ -10,14 +11,18 @@ message. The API key comes from the caller or `OPENAI_API_KEY` and is never logg
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 from ..errors import ScotdError
-from . import Completion, TeacherBackend, cut_at_stop
+from ..limits import MAX_N
+from ..seeding import chain_seed
+from . import Completion, TeacherBackend, chain_plan, cut_at_stop, kept_token_count
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +35,15 @@ class OpenAITeacher(TeacherBackend):
 
     Options: `api_base` (default $OPENAI_BASE_URL, else https://api.openai.com/v1), `api_key` (default
     $OPENAI_API_KEY; local servers usually need none), `concurrency` (requests in flight), `max_retries`,
-    `timeout` (seconds per request), `max_n_per_request` (split larger `n`), `logprobs` (ask for token
-    log-probabilities), `seed` (sent with each request; servers that ignore it sample freely).
+    `timeout` (seconds per request), `max_n_per_request` (split larger `n`; the default is `scotd serve`'s cap),
+    `logprobs` (ask for token log-probabilities), `seed` (the run seed: each request sends its own seed derived
+    from it, the question and the first chain index it covers; None sends none and the server samples freely).
+
+    Seeds per request: a request for chains [start, start + k) of question q sends `chain_seed(seed, q, start)`.
+    Chains asked in pieces therefore never share a seed, and the same run seed and the same pieces reproduce them
+    on a server that honours `seed`. A server that returns fewer choices than `n` asked (llama.cpp's server and
+    TGI ignore `n`) is asked again for the rest, each request with its own seed; its effective `n` is remembered
+    for the rest of the run, and a warning says so once.
     """
 
     backend = "openai"
@@ -45,7 +57,7 @@ class OpenAITeacher(TeacherBackend):
         concurrency: int = 8,
         max_retries: int = 6,
         timeout: float = 600.0,
-        max_n_per_request: int = 128,
+        max_n_per_request: int = MAX_N,
         logprobs: bool = True,
         seed: int | None = None,
     ):
@@ -68,9 +80,16 @@ class OpenAITeacher(TeacherBackend):
         self.seed = seed
         #: Requests retried so far (reported in run summaries and tests).
         self.retries = 0
+        #: The most choices the server has been seen to return for one request, once it returned fewer than asked
+        #: (None: it has always returned what was asked).
+        self.effective_n: int | None = None
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         self.client.close()
+
+    def _n_cap(self) -> int:
+        return min(self.max_n_per_request, self.effective_n or self.max_n_per_request)
 
     def sample(
         self,
@@ -79,21 +98,56 @@ class OpenAITeacher(TeacherBackend):
         temperature: float,
         max_new_tokens: int,
         stop: Sequence[str],
+        *,
+        keys: Sequence[str] | None = None,
+        starts: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         stop = [s for s in stop if s][:MAX_STOP]
+        keys, starts = chain_plan(prompts, keys, starts)
+        # one job per (prompt, chain range) of at most the server's n; a job asks again for what a server that
+        # ignores n left out, so each job returns exactly its chains, in chain order
         jobs = []
+        cap = self._n_cap()
         for i, prompt in enumerate(prompts):
-            left = n
-            while left > 0:
-                take = min(left, self.max_n_per_request)
-                jobs.append((i, prompt, take))
-                left -= take
+            for first in range(starts[i], starts[i] + n, cap):
+                jobs.append((i, first, min(cap, starts[i] + n - first)))
+
+        def run(job):
+            i, first, count = job
+            return self._chains(prompts[i], keys[i], first, count, temperature, max_new_tokens, stop)
+
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            answers = list(pool.map(lambda job: self._request(job[1], job[2], temperature, max_new_tokens, stop), jobs))
+            answers = list(pool.map(run, jobs))
         out: list[list[Completion]] = [[] for _ in prompts]
         for (i, _, _), completions in zip(jobs, answers):
             out[i].extend(completions)
         return out
+
+    def _chains(self, prompt: str, key: str, first: int, count: int, temperature: float, max_tokens: int,
+                stop: list[str]) -> list[Completion]:
+        """Chains [first, first + count) of one prompt, in as many requests as the server's effective n needs."""
+        got: list[Completion] = []
+        while len(got) < count:
+            start = first + len(got)
+            take = min(count - len(got), self._n_cap())
+            seed = None if self.seed is None else chain_seed(self.seed, key, start)
+            choices = self._request(prompt, take, temperature, max_tokens, stop, seed)
+            if not choices or len(choices) > take:
+                raise ScotdError(f"teacher endpoint {self.client.base_url} returned {len(choices)} choices for "
+                                 f"n={take}")
+            if len(choices) < take:
+                self._note_effective_n(len(choices), take)
+            got.extend(choices)
+        return got
+
+    def _note_effective_n(self, returned: int, asked: int) -> None:
+        with self._lock:
+            first_time = self.effective_n is None
+            self.effective_n = min(returned, self.effective_n or returned)
+        if first_time:
+            log.warning("teacher endpoint %s returned %d choices for n=%d (it ignores or caps n); asking for at "
+                        "most %d chains per request from now on, each request with its own seed",
+                        self.client.base_url, returned, asked, returned)
 
     def _retryable(self, exc: BaseException) -> bool:
         o = self._openai
@@ -101,7 +155,8 @@ class OpenAITeacher(TeacherBackend):
             return True
         return isinstance(exc, o.APIStatusError) and (exc.status_code >= 500 or exc.status_code in (408, 409, 429))
 
-    def _request(self, prompt: str, n: int, temperature: float, max_tokens: int, stop: list[str]) -> list[Completion]:
+    def _request(self, prompt: str, n: int, temperature: float, max_tokens: int, stop: list[str],
+                 seed: int | None) -> list[Completion]:
         from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
         def before_sleep(state):
@@ -110,13 +165,13 @@ class OpenAITeacher(TeacherBackend):
             log.warning("teacher request failed (%s), retry %d of %d", _describe(exc), state.attempt_number,
                         self.max_retries)
 
-        kwargs = dict(model=self.model, prompt=prompt, n=n, temperature=temperature, max_tokens=max_tokens)
+        kwargs = {"model": self.model, "prompt": prompt, "n": n, "temperature": temperature, "max_tokens": max_tokens}
         if stop:
             kwargs["stop"] = stop
         if self.logprobs:
             kwargs["logprobs"] = 1
-        if self.seed is not None:
-            kwargs["seed"] = self.seed
+        if seed is not None:
+            kwargs["seed"] = seed
         retrying = Retrying(
             retry=retry_if_exception(self._retryable),
             wait=wait_random_exponential(multiplier=0.5, max=30),
@@ -133,9 +188,7 @@ class OpenAITeacher(TeacherBackend):
                 raise ScotdError(f"teacher endpoint {self.client.base_url} kept failing after {self.max_retries} "
                                  f"retries: {_describe(e)}") from e
             raise ScotdError(f"teacher endpoint {self.client.base_url} refused the request: {_describe(e)}") from e
-        choices = sorted(response.choices, key=lambda c: c.index)
-        if len(choices) != n:
-            raise ScotdError(f"teacher endpoint returned {len(choices)} choices for n={n}")
+        choices = sorted(response.choices or [], key=lambda c: c.index)
         return [_to_completion(c, stop) for c in choices]
 
 
@@ -150,18 +203,12 @@ def _to_completion(choice, stop: Sequence[str]) -> Completion:
     logprob = num_tokens = None
     lp = getattr(choice, "logprobs", None)
     if lp is not None and getattr(lp, "token_logprobs", None) is not None:
-        token_lps = [x for x in lp.token_logprobs if x is not None]
-        tokens = lp.tokens or []
-        if tokens and len(tokens) == len(lp.token_logprobs) and "".join(tokens).startswith(text):
+        values, tokens = list(lp.token_logprobs), list(lp.tokens or [])
+        if tokens and len(tokens) == len(values) and "".join(tokens).startswith(text):
             # keep the tokens that spell the kept text (a server may return the stop token's log-probability too)
-            kept, length = [], 0
-            for tok, x in zip(tokens, lp.token_logprobs):
-                if length >= len(text):
-                    break
-                kept.append(x)
-                length += len(tok)
-            token_lps = [x for x in kept if x is not None]
-        token_lps = tuple(float(x) for x in token_lps)
+            ends = list(itertools.accumulate((len(t) for t in tokens), initial=0))
+            values = values[: kept_token_count(len(text), len(tokens), ends.__getitem__)]
+        token_lps = tuple(float(x) for x in values if x is not None)
         logprob, num_tokens = float(sum(token_lps)), len(token_lps)
     else:
         token_lps = None
