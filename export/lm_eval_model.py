@@ -130,7 +130,8 @@ class ScotdOnnxLM(LM):
         for context, config, idx in sampled:
             for start in range(0, len(idx), max(self.batch_size, 1)):
                 part = idx[start : start + self.batch_size]
-                gens = self.student.sample_n([context], len(part), config)[0]
+                # first_chain: each part continues the chain numbering, so a seeded config never repeats a chain
+                gens = self.student.sample_n([context], len(part), config, first_chain=start)[0]
                 for i, gen in zip(part, gens):
                     out[i] = gen.text
                 bar.update(len(part))

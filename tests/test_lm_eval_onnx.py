@@ -52,3 +52,18 @@ def test_scotd_onnx_matches_hf(tmp_path, onnx_student_dir, embedded_model_dir, d
         ll_b = [float(r[0][0]) for r in b["resps"]]
         assert ll_a == pytest.approx(ll_b, abs=2e-3)
         assert a["acc"] == b["acc"]
+
+
+def test_sampled_repeats_split_over_batches_never_repeat_a_chain(onnx_student_dir):
+    """Self-consistency asks for `repeats` chains of one prompt; with more repeats than the batch size they are
+    sampled in parts, and each part must continue the chain numbering rather than restart it (same seed)."""
+    from lm_eval.api.instance import Instance
+
+    from scotd_harness.export.lm_eval_model import ScotdOnnxLM
+
+    lm = ScotdOnnxLM(str(onnx_student_dir), threads=2, batch_size=2, seed=7)
+    context = "Q: Name a colour of the sky.\nAnswer Choices:\n(a) blue\n(b) loud\nA:"
+    kwargs = {"do_sample": True, "temperature": 1.0, "max_gen_toks": 12, "until": ["\n\n"]}
+    requests = [Instance("generate_until", {}, (context, kwargs), idx=i) for i in range(6)]
+    texts = lm.generate_until(requests, disable_tqdm=True)
+    assert len(texts) == 6 and len(set(texts)) == 6, texts
