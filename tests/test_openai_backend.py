@@ -180,6 +180,18 @@ def test_scotd_sample_through_the_endpoint_keeps_the_key_secret(api_base, data_d
     assert secret not in res.output
 
 
+def test_scotd_sample_splits_n_by_max_n_per_request(api_base, data_dir, tmp_path):
+    out = tmp_path / "corpus.jsonl"
+    with FaultProxy(api_base) as proxy:
+        args = ["sample", "--task", "csqa", "--split", "train", "--teacher", "openai:student", "--api-base", proxy.url,
+                "-n", "3", "--max-n-per-request", "2", "--limit", "1", "--max-new-tokens", "4", "--num-exemplars",
+                "1", "--no-progress", "--out", str(out), "--data-dir", str(data_dir)]
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 0, res.output
+        assert proxy.requests == 2  # 2 + 1
+    assert sorted(r.sample_index for r in read_corpus(out)) == [0, 1, 2]
+
+
 # ------------------------------------------------------------------------------------ per-chain seeds, real server
 QUESTIONS = [
     Example("csqa", "g1", "Where do you put grapes before checking out?",

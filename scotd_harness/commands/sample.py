@@ -40,6 +40,9 @@ def generation_options(f):
               help="openai backend: requests in flight.")
 @click.option("--max-retries", default=6, show_default=True, type=click.IntRange(0),
               help="openai backend: retries per request on 429/5xx/time-outs, with exponential backoff.")
+@click.option("--max-n-per-request", type=click.IntRange(1),
+              help="openai backend: most chains asked for in one request; larger -n is split, each request with "
+                   "its own seed (default: scotd serve's cap, 32). Endpoints that ignore n are detected anyway.")
 @click.option("--device", help="hf backend: torch device (default cuda if available, else cpu).")
 @click.option("--batch-rows", default=64, show_default=True, type=click.IntRange(1),
               help="hf backend: sample rows decoded together (questions per batch = rows // n).")
@@ -49,8 +52,8 @@ def generation_options(f):
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @data_dir_option
 def command(task, split, teacher, n, temperature, max_new_tokens, seed, out, resume, limit, num_exemplars,
-            questions_per_call, api_base, api_key, concurrency, max_retries, device, batch_rows, token_logprobs,
-            progress, data_dir):
+            questions_per_call, api_base, api_key, concurrency, max_retries, max_n_per_request, device, batch_rows,
+            token_logprobs, progress, data_dir):
     """Sample N chains per question of TASK/SPLIT from a teacher into OUT (one JSON line per chain).
 
     \b
@@ -76,6 +79,8 @@ def command(task, split, teacher, n, temperature, max_new_tokens, seed, out, res
         kwargs = dict(device=device, max_batch_rows=batch_rows, seed=seed)
     else:
         kwargs = dict(api_base=api_base, api_key=api_key, concurrency=concurrency, max_retries=max_retries, seed=seed)
+        if max_n_per_request is not None:
+            kwargs["max_n_per_request"] = max_n_per_request
     if questions_per_call is None:
         questions_per_call = 8 if backend_name == "hf" else 2 * concurrency
     backend = get_teacher(teacher, **kwargs)
