@@ -7,23 +7,38 @@ Two routes, one layout (`model.onnx` [+ `model.onnx.data`], tokenizer, configs, 
   silently matches nothing), then onnxscript's `optimize_for_ort`, which fuses each layer's attention and rotary
   embedding into one GroupQueryAttention node and the norms into SkipSimplifiedLayerNormalization. Every layer
   must fuse, or the export fails: a half-fused graph would need two incompatible batch layouts.
-- `optimum` (OPT, GPT-2 and every architecture optimum knows): optimum's exporter,
-  `text-generation-with-past`, a graph that reads `attention_mask`.
+- `optimum` (OPT and GPT-2, the paper's students): optimum's exporter, `text-generation-with-past`, a graph that
+  reads `attention_mask`. Only the families registered in `families.py` (llama, mistral, qwen2, opt, gpt2) are
+  exported: each needs its cache names, tolerance and runtime layout checked, so any other `model_type` is refused
+  with the supported list named rather than exported on trust.
 
 Then parity (fp32 against PyTorch: logits within atol and identical greedy tokens, `parity.py`), then the optional
 fp16 conversion / quantisation (`quantize.py`), whose accuracy change against the fp32 graph on a CSQA dev sample
-goes into `scotd.json`. All work happens in a staging directory beside the target, renamed into place only once
-every check has passed; a failure leaves no directory.
+goes into `scotd.json`, measured on the same data every command reads (`--data-dir` / `SCOTD_DATA_DIR`, else the
+hub) and the chosen split.
+
+Atomic: all work happens in a staging directory beside the target, named with the exporting process's pid. Only once
+every check has passed is it swapped in (the old export renamed away, the new one renamed in, the old one deleted),
+so a failed check leaves an existing export untouched and a new target absent. A staging directory whose process is
+gone (a killed export) is removed, with a message, by the next export to the same target.
+
+A quantised export never runs the slow graph export twice for one student: given an fp32 export directory
+(`fp32_dir`, or an fp32 export passed as the student) whose `student_sha256` (a content hash of the student's config
+and weights, recorded in every fp32 export's `scotd.json`) matches, it quantises that one (`derive`); otherwise it
+makes the fp32 export there first and derives from it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from scotd_harness.errors import ScotdError
@@ -144,14 +159,21 @@ def _export_optimum(student_dir: Path, staging: Path, n_layers: int, say) -> dic
 
 
 # ------------------------------------------------------------------------------------------------ accuracy
-def accuracy_on_sample(student, task: str, limit: int, max_new_tokens: int = 128, batch_size: int = 8) -> dict:
-    """Greedy CoT accuracy of an OnnxStudent on the first `limit` dev questions; answers kept for comparison."""
+def accuracy_on_sample(student, task: str, limit: int, max_new_tokens: int = 128, batch_size: int = 8,
+                       split: str = "validation", data_dir: str | os.PathLike | None = None) -> dict:
+    """Greedy CoT accuracy of an OnnxStudent on the first `limit` questions of `split`; answers kept for comparison.
+
+    The questions come from `load_examples`, like every other command's: `data_dir`, else SCOTD_DATA_DIR, else
+    the hub."""
     from scotd_harness import formats
     from scotd_harness.datasets import load_examples
 
     from .runtime import GenerationConfig
 
-    examples = load_examples(task, "validation", limit=limit)
+    examples = load_examples(task, split, data_dir=data_dir, limit=limit)
+    if any(e.answer is None for e in examples):
+        raise ScotdError(f"the {split} split of {task} has no gold answers to measure accuracy on; "
+                         f"choose another split for the accuracy sample")
     config = GenerationConfig(max_new_tokens=max_new_tokens)
     preds = []
     for i in range(0, len(examples), batch_size):
@@ -166,35 +188,138 @@ def accuracy_on_sample(student, task: str, limit: int, max_new_tokens: int = 128
     }
 
 
+# ------------------------------------------------------------------------------------------------ staging
+STAGING_TAG = ".staging-"
+OLD_TAG = ".old-"
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ScotdError(f"{out} exists and is not empty (pass --overwrite to replace it)")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def _leftovers(out: Path, tag: str):
+    """(path, owner pid or None) of the directories an export of `out` leaves beside it while it runs."""
+    prefix = f".{out.name}{tag}"
+    if not out.parent.is_dir():
+        return
+    for path in out.parent.iterdir():
+        if path.name.startswith(prefix) and path.is_dir():
+            pid = path.name[len(prefix):].split("-", 1)[0]
+            yield path, int(pid) if pid.isdigit() else None
+
+
+def clean_stale(out: str | os.PathLike, say) -> None:
+    """Remove the staging directories of exports of `out` whose process is gone (killed), saying so.
+
+    A previous export renamed away by a swap that was killed halfway is put back when `out` itself is missing."""
+    out = Path(out)
+    for tag in (STAGING_TAG, OLD_TAG):
+        for path, pid in _leftovers(out, tag):
+            if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
+                continue  # an export still running (or this process's own)
+            owner = f"pid {pid}" if pid is not None else "an unknown process"
+            if tag == OLD_TAG and not out.exists():
+                os.replace(path, out)
+                say(f"restored {out} from {path.name}, left by an export ({owner}) killed while swapping it")
+                continue
+            say(f"removing {path.name}: left by an export of {out.name} ({owner}) that is no longer running")
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Put `staging` at `out`: the old export is renamed away first and deleted only once the new one is in."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    old = out.parent / f".{out.name}{OLD_TAG}{os.getpid()}-{secrets.token_hex(4)}"
+    os.replace(out, old)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def staged(out: Path, say):
+    """A staging directory beside `out`, swapped in when the block succeeds and removed when it fails (or is
+    interrupted), leaving `out` as it was. Its name carries this process's pid, so a later export can tell a
+    killed export's leftovers from a running one's."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out, say)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}{STAGING_TAG}{os.getpid()}-", dir=out.parent))
+    try:
+        yield staging
+        _swap_in(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def student_sha256(student_dir: str | os.PathLike) -> str:
+    """Content hash of a student directory (config.json and its weight files): the identity under which an fp32
+    export is reused for a quantised one. A retrained student has other weights, so it never matches."""
+    student_dir = Path(student_dir)
+    weights = sorted(p.name for p in student_dir.iterdir()
+                     if p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json"))
+    h = hashlib.sha256()
+    for name in ["config.json", *weights]:
+        h.update(name.encode() + b"\0")
+        with open(student_dir / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _is_fp32_export(directory: Path) -> bool:
+    meta_file = directory / "scotd.json"
+    if not (directory / "model.onnx").is_file() or not meta_file.is_file():
+        return False
+    meta = json.loads(meta_file.read_text())
+    return meta.get("kind") == "onnx-student" and meta.get("dtype") == "fp32" and not meta.get("quantization")
+
+
 # ------------------------------------------------------------------------------------------------ conversion
-def _convert_staging(staging: Path, meta: dict, quantization, dtype, reference, sample, task, threads, say) -> None:
-    """Replace the fp32 graph in `staging` by its quantised/fp16 form; record the accuracy change in `meta`."""
+def _convert_staging(staging: Path, meta: dict, quantization, dtype, reference, fp32_model: Path, sample, task,
+                     threads, say, split: str = "validation", data_dir=None) -> None:
+    """Write the quantised/fp16 form of `fp32_model` as `staging/model.onnx`; record the accuracy change of it
+    against `reference` (an OnnxStudent on the fp32 graph) in `meta`."""
+    from scotd_harness.datasets.base import data_dir_from_env
+
     from .runtime import OnnxStudent
 
-    fp32_dir = staging / "_fp32"
-    fp32_dir.mkdir()
-    for f in list(staging.iterdir()):
-        if f.name.startswith("model.onnx"):
-            os.replace(f, fp32_dir / f.name)
-    if reference is None:
-        reference = OnnxStudent(fp32_dir.parent, threads=threads, model_file="_fp32/model.onnx")
     say(f"converting: {quantization or dtype}")
     if quantization:
-        meta["quantization"] = quantize.apply(quantization, fp32_dir / "model.onnx", staging / "model.onnx")
+        meta["quantization"] = quantize.apply(quantization, fp32_model, staging / "model.onnx")
     else:
         meta["dtype"] = "fp16"
-        meta["conversion"] = quantize.convert_fp16(fp32_dir / "model.onnx", staging / "model.onnx")
+        meta["conversion"] = quantize.convert_fp16(fp32_model, staging / "model.onnx")
     (staging / "scotd.json").write_text(json.dumps(meta, indent=2))
     converted = OnnxStudent(staging, threads=threads)
-    change = {"task": task, "split": "validation", "n": 0, "skipped": True}
+    root = data_dir_from_env(data_dir)
+    source = str(root) if root else "hub"
+    change = {"task": task, "split": split, "data": source, "n": 0, "skipped": True}
     if sample > 0:
-        say(f"accuracy change on {sample} {task} dev questions (fp32 graph vs converted)")
-        base = accuracy_on_sample(reference, task, sample)
-        new = accuracy_on_sample(converted, task, sample)
+        say(f"accuracy change on {sample} {task} {split} questions (fp32 graph vs converted; data: {source})")
+        base = accuracy_on_sample(reference, task, sample, split=split, data_dir=data_dir)
+        new = accuracy_on_sample(converted, task, sample, split=split, data_dir=data_dir)
         agree = sum(a == b for a, b in zip(base["predictions"], new["predictions"]))
         change = {
             "task": task,
-            "split": "validation",
+            "split": split,
+            "data": source,
             "n": base["n"],
             "decoding": "greedy CoT, student format, max 128 new tokens",
             "accuracy_fp32": base["accuracy"],
@@ -207,7 +332,6 @@ def _convert_staging(staging: Path, meta: dict, quantization, dtype, reference, 
         say(f"accuracy {base['accuracy']:.3f} -> {new['accuracy']:.3f} on n={base['n']}")
     meta["accuracy_change"] = change
     del converted, reference
-    shutil.rmtree(fp32_dir)
 
 
 def derive(
@@ -220,30 +344,35 @@ def derive(
     threads: int | None = None,
     overwrite: bool = False,
     progress=None,
+    accuracy_split: str = "validation",
+    data_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Quantise (or convert to fp16) an existing fp32 export without exporting again; same checks, same layout."""
     say = progress or (lambda msg: log.warning("%s", msg))
     src, out = Path(onnx_dir), Path(out)
-    meta = json.loads((src / "scotd.json").read_text())
-    if meta.get("dtype") != "fp32" or meta.get("quantization"):
+    if not _is_fp32_export(src):
         raise ScotdError(f"{src} is not an fp32 export; derive from the fp32 one")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ScotdError(f"{out} exists and is not empty (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    if quantization is None and dtype != "fp16":
+        raise ScotdError("nothing to derive: give a quantisation or --dtype fp16")
+    if src.resolve() == out.resolve():
+        raise ScotdError(f"{out} is the fp32 export itself; write the converted one to another directory")
+    _check_target(out, overwrite)
+    from .runtime import OnnxStudent
+
+    meta = json.loads((src / "scotd.json").read_text())
     started = time.time()
-    try:
-        shutil.copytree(src, staging, dirs_exist_ok=True)
-        _convert_staging(staging, meta, quantization, dtype, None, accuracy_sample, accuracy_task, threads, say)
+    with staged(out, say) as staging:
+        # everything but the graph, which is read in place (a copy of an fp32 graph is 4 bytes a parameter)
+        shutil.copytree(src, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("model.onnx*"))
+        meta["derived_from"] = {"fp32_export": src.name, "student_sha256": meta.get("student_sha256")}
+        reference = OnnxStudent(src, threads=threads)
+        _convert_staging(staging, meta, quantization, dtype, reference, src / "model.onnx", accuracy_sample,
+                         accuracy_task, threads, say, split=accuracy_split, data_dir=data_dir)
+        del reference
         meta["size_mb"] = quantize.model_size_mb(staging / "model.onnx")
         meta["export_seconds"] = round(meta.get("export_seconds", 0) + time.time() - started, 1)
         (staging / "scotd.json").write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    say(f"derived {out} from the fp32 export {src} ({meta['size_mb']} MB)")
     return out
 
 
@@ -279,8 +408,15 @@ def export(
     threads: int | None = None,
     overwrite: bool = False,
     progress=None,
+    accuracy_split: str = "validation",
+    data_dir: str | os.PathLike | None = None,
+    fp32_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """Export `student` (an HF directory or `embedded`) to `out`; returns `out`. Raises ParityError/ScotdError."""
+    """Export `student` (an HF directory or `embedded`) to `out`; returns `out`. Raises ParityError/ScotdError.
+
+    A quantised/fp16 export with `fp32_dir` reuses the fp32 export there when it is of the same student (by
+    `student_sha256`), else exports fp32 into it first (replacing a stale one only with `overwrite`); then derives.
+    A `student` that is itself an fp32 export is derived from directly."""
     from scotd_harness.embedded import resolve_model
 
     say = progress or (lambda msg: log.warning("%s", msg))
@@ -291,11 +427,18 @@ def export(
     if quantization and dtype != "fp32":
         raise ScotdError("quantisation starts from fp32 weights: use --dtype fp32 with --quantize")
     student_dir = Path(resolve_model(student))
+    out = Path(out)
+    converting = bool(quantization) or dtype == "fp16"
+    derive_args = {"quantization": quantization, "dtype": dtype, "accuracy_sample": accuracy_sample,
+                   "accuracy_task": accuracy_task, "threads": threads, "overwrite": overwrite, "progress": progress,
+                   "accuracy_split": accuracy_split, "data_dir": data_dir}
+    if _is_fp32_export(student_dir):
+        if not converting:
+            raise ScotdError(f"{student_dir} is already an fp32 ONNX export; give --quantize or --dtype fp16")
+        return derive(student_dir, out, **derive_args)
     if not (student_dir / "config.json").is_file():
         raise ScotdError(f"{student_dir} is not a model directory (no config.json)")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ScotdError(f"{out} exists and is not empty (pass --overwrite to replace it)")
+    _check_target(out, overwrite)
     config = json.loads((student_dir / "config.json").read_text())
     family = families.family_for(config.get("model_type", ""))
     route = route or family.route
@@ -303,14 +446,23 @@ def export(
         raise ScotdError(f"--route must be one of {', '.join(families.ROUTES)}")
     if route == "dynamo-gqa" and family.route != "dynamo-gqa":
         raise ScotdError(f"the dynamo-gqa route fuses Llama-family attention only; {family.name} uses optimum")
+    if converting and fp32_dir is not None:
+        fp32_dir = Path(fp32_dir)
+        sha = student_sha256(student_dir)
+        if _is_fp32_export(fp32_dir) and json.loads((fp32_dir / "scotd.json").read_text()).get("student_sha256") == sha:
+            say(f"reusing the fp32 export in {fp32_dir} (same student, sha256 {sha[:12]}): no second graph export")
+        else:
+            if fp32_dir.exists() and any(fp32_dir.iterdir()) and not overwrite:
+                raise ScotdError(f"{fp32_dir} holds no fp32 export of this student (sha256 {sha[:12]}); pass "
+                                 f"--overwrite to export it there again, or choose another fp32 directory")
+            export(student, fp32_dir, route=route, atol=atol, threads=threads, overwrite=overwrite, progress=progress)
+        return derive(fp32_dir, out, **derive_args)
     gen_file = student_dir / "generation_config.json"
     gen_config = json.loads(gen_file.read_text()) if gen_file.is_file() else {}
     atol = family.atol if atol is None else atol
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     started = time.time()
-    try:
+    with staged(out, say) as staging:
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -338,6 +490,7 @@ def export(
             "format_version": SCOTD_JSON_VERSION,
             "kind": "onnx-student",
             "source": str(student) if str(student) == "embedded" else student_dir.name,
+            "student_sha256": student_sha256(student_dir),
             "family": family.name,
             "route": route,
             "dtype": "fp32",
@@ -354,17 +507,18 @@ def export(
         say(f"parity ok: max |logit diff| {report.max_abs_diff:.2e} (atol {atol:g}), identical greedy tokens")
         del model
 
-        if quantization or dtype == "fp16":
-            _convert_staging(staging, meta, quantization, dtype, reference, accuracy_sample, accuracy_task, threads, say)
+        if converting:
+            fp32_dir = staging / "_fp32"  # the fp32 graph, moved aside; the session above has it loaded
+            fp32_dir.mkdir()
+            for f in list(staging.iterdir()):
+                if f.name.startswith("model.onnx"):
+                    os.replace(f, fp32_dir / f.name)
+            _convert_staging(staging, meta, quantization, dtype, reference, fp32_dir / "model.onnx", accuracy_sample,
+                             accuracy_task, threads, say, split=accuracy_split, data_dir=data_dir)
+            shutil.rmtree(fp32_dir)
         del reference
         meta["size_mb"] = quantize.model_size_mb(staging / "model.onnx")
         meta["export_seconds"] = round(time.time() - started, 1)
         (staging / "scotd.json").write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     say(f"exported to {out} ({meta['size_mb']} MB)")
     return out

@@ -3,6 +3,10 @@
 Registered by the Hugging Face `model_type` in the student's `config.json`; the exporter reads the route and the
 tolerance, the runtime reads the attention kind (how a batch is laid out and how the KV cache is kept). No
 `if model_type == ...` chains anywhere else. This module imports only the standard library.
+
+These five model types are what `scotd export` supports, not every architecture optimum knows: a family is added
+here once its cache names, parity tolerance and runtime layout have been checked (tests/test_export.py exports a tiny
+one of each), and any other model type is refused up front with this list named.
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ def family_for(model_type: str) -> Family:
         from scotd_harness.errors import ScotdError
 
         raise ScotdError(
-            f"model_type {model_type!r} is not a supported student family; supported: {', '.join(sorted(FAMILIES))}"
+            f"model_type {model_type!r} is not a supported student family; supported: {', '.join(sorted(FAMILIES))} "
+            f"(see export/README.md)"
         ) from None
 
 

@@ -17,8 +17,10 @@ import os
 import shutil
 import time
 import typing
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from . import atomic
 from .errors import ScotdError
@@ -27,11 +29,18 @@ log = logging.getLogger(__name__)
 
 STAGES = ("sample", "filter", "train", "evaluate", "export", "infer")
 STATE_FILE = "stages.json"
+#: `train` keys the pipeline sets itself (paths, the task, the variant, resumption)
+PIPELINE_TRAIN_KEYS = ("student", "corpus", "output_dir", "task", "label_only", "resume_from_checkpoint")
 
 
-@dataclass
-class PipelineConfig:
-    """One run's settings. A YAML config sets any of these keys; unknown keys and wrong types are refused."""
+class PipelineConfig(BaseModel):
+    """One run's settings. A YAML config sets any of these keys; unknown keys and wrong types are refused.
+
+    A pydantic model, strict (YAML's `n: "3"` or `n: 2.5` is an error, not a coercion; an int is accepted where a
+    float is expected) with extra keys forbidden. `load_config` turns its errors into one message naming the file,
+    the line and the key."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     #: dataset task of the registry (csqa, quarel, openbookqa, ..., or demo)
     task: str = "csqa"
@@ -46,74 +55,115 @@ class PipelineConfig:
     train_split: str = "train"
     eval_split: str = "validation"
     #: first N questions of each split (None: all)
-    train_limit: int | None = None
-    eval_limit: int | None = None
+    train_limit: int | None = Field(None, ge=1)
+    eval_limit: int | None = Field(None, ge=1)
     #: chains per question and sampling temperature (the paper: 30 at 1.0)
-    n: int = 30
-    temperature: float = 1.0
-    max_new_tokens: int = 128
+    n: int = Field(30, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    max_new_tokens: int = Field(128, ge=1)
     #: corpus filters, applied in order (`correct` is the paper's supervised setting; `all` its few-shot one)
-    filters: list = field(default_factory=lambda: ["correct"])
+    filters: list[str] = Field(default_factory=lambda: ["correct"])
     seed: int = 0
     #: options of `scotd train` (DistillConfig fields), e.g. {num_train_epochs: 3, learning_rate: 2e-5}
-    train: dict = field(default_factory=dict)
+    train: dict[str, typing.Any] = Field(default_factory=dict)
     #: also train the label-only baseline on the same questions
     label_only_baseline: bool = True
     #: evaluate the teacher with its few-shot prompt (hf teachers only)
     evaluate_teacher: bool = True
     #: also evaluate self-consistency (majority vote over sampled chains)
     self_consistency: bool = False
-    eval_batch_size: int = 8
+    eval_batch_size: int = Field(8, ge=1)
     #: cap on generated tokens per answer in evaluation (None: the tasks' 128)
-    eval_max_new_tokens: int | None = None
-    #: ONNX export of the distilled student (quantize: int4, int8 or null)
+    eval_max_new_tokens: int | None = Field(None, ge=1)
+    #: ONNX export of the distilled student (quantize: int4, int4-uniform, int8 or null)
     export_quantize: str | None = "int4"
-    export_accuracy_sample: int = 16
+    export_accuracy_sample: int = Field(16, ge=0)
     #: questions answered by the exported student in the infer stage
-    infer_questions: int = 8
+    infer_questions: int = Field(8, ge=1)
 
+    @field_validator("task")
     @classmethod
-    def from_dict(cls, data: dict, source: str = "config") -> PipelineConfig:
-        if not isinstance(data, dict):
-            raise ScotdError(f"{source}: expected a mapping of settings at the top level")
-        known = {f.name: f for f in fields(cls)}
-        hints = typing.get_type_hints(cls)
-        for key, value in data.items():
-            if key not in known:
-                raise ScotdError(f"{source}: unknown key {key!r} (known keys: {', '.join(known)})")
-            if not _type_ok(value, hints[key]):
-                raise ScotdError(f"{source}: key {key!r} must be {_type_name(hints[key])}, got {value!r}")
-        cfg = cls(**data)
-        cfg.validate(source)
-        return cfg
-
-    def validate(self, source: str = "config") -> None:
+    def _known_task(cls, value: str) -> str:
         from .datasets import TASKS
 
-        if self.task not in TASKS:
-            raise ScotdError(f"{source}: key 'task': unknown task {self.task!r} (known: {', '.join(TASKS)})")
-        if self.n < 1:
-            raise ScotdError(f"{source}: key 'n' must be at least 1")
-        if self.temperature < 0:
-            raise ScotdError(f"{source}: key 'temperature' must be >= 0")
-        if ":" not in self.teacher:
-            raise ScotdError(f"{source}: key 'teacher' must be BACKEND:MODEL, e.g. hf:embedded")
+        if value not in TASKS:
+            raise ValueError(f"unknown task {value!r} (known: {', '.join(TASKS)})")
+        return value
+
+    @field_validator("teacher")
+    @classmethod
+    def _backend_and_model(cls, value: str) -> str:
+        if ":" not in value:
+            raise ValueError("must be BACKEND:MODEL, e.g. hf:embedded")
+        return value
+
+    @field_validator("export_quantize")
+    @classmethod
+    def _known_quantization(cls, value: str | None) -> str | None:
         from .export.quantize import QUANTIZATIONS
 
-        if self.export_quantize not in (None, *QUANTIZATIONS):
-            raise ScotdError(f"{source}: key 'export_quantize' must be one of {', '.join(QUANTIZATIONS)} or null")
+        if value is not None and value not in QUANTIZATIONS:
+            raise ValueError(f"must be one of {', '.join(QUANTIZATIONS)} or null, not {value!r}")
+        return value
+
+    @field_validator("train")
+    @classmethod
+    def _train_options(cls, value: dict) -> dict:
+        from dataclasses import fields
+
         from .train import DistillConfig
 
-        train_keys = {f.name for f in fields(DistillConfig)}
-        for key in self.train:
-            if key not in train_keys:
-                raise ScotdError(f"{source}: key 'train.{key}' is not an option of scotd train")
-        for key in ("student", "corpus", "output_dir", "task", "label_only"):
-            if key in self.train:
-                raise ScotdError(f"{source}: key 'train.{key}' is set by the pipeline itself")
+        known = {f.name for f in fields(DistillConfig)}
+        for key in value:
+            if key in PIPELINE_TRAIN_KEYS:
+                raise PydanticCustomError("train_key", "is set by the pipeline itself", {"key": key})
+            if key not in known:
+                raise PydanticCustomError("train_key", "is not an option of scotd train", {"key": key})
+        return value
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config", lines: dict | None = None) -> PipelineConfig:
+        """Validate `data` (from `source`); any problem is one ScotdError naming the source, the line and the key."""
+        if not isinstance(data, dict):
+            raise ScotdError(f"{source}: expected a mapping of settings at the top level")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ScotdError("; ".join(_problem(err, source, lines or {}) for err in e.errors())) from None
 
 
-#: The no-argument run: every stage on the embedded model and the built-in demonstration set, in minutes.
+#: pydantic's strict type errors -> the YAML type named in the message
+_TYPE_NAMES = {"int_type": "int", "float_type": "float", "string_type": "str", "bool_type": "bool",
+               "list_type": "list", "dict_type": "dict"}
+
+
+def _problem(err: dict, source: str, lines: dict) -> str:
+    """One pydantic error as `FILE:LINE: key 'K' ...`."""
+    loc = tuple(err["loc"])
+    if err["type"] == "train_key":
+        loc = ("train", err["ctx"]["key"])
+    key = ".".join(str(part) for part in loc)
+    line = lines.get(loc[:2]) or lines.get(loc[:1])
+    where = f"{source}:{line}" if line else source
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key {key!r} (known keys: {', '.join(PipelineConfig.model_fields)})"
+    if kind in _TYPE_NAMES:
+        annotation = PipelineConfig.model_fields[loc[0]].annotation
+        expected = _TYPE_NAMES[kind] + (" or null" if type(None) in typing.get_args(annotation) else "")
+        if len(loc) > 1:  # an item of a list
+            return f"{where}: key {key!r} must be {_TYPE_NAMES[kind]}, got {err['input']!r}"
+        return f"{where}: key {key!r} must be {expected}, got {err['input']!r}"
+    if kind == "value_error":
+        return f"{where}: key {key!r}: {err['ctx']['error']}"
+    if kind == "train_key":
+        return f"{where}: key {key!r} {err['msg']}"
+    return f"{where}: key {key!r}: {err['msg'].lower()}"
+
+
+#: The no-argument run: every stage on the embedded model and the built-in demonstration set, in minutes. Training
+#: saves a checkpoint every 4 steps (keeping the newest; none after the last step), so that a killed demo resumes
+#: inside training too at the cost of one or two checkpoint writes per student.
 DEMO = PipelineConfig(
     task="demo",
     teacher="hf:embedded",
@@ -123,7 +173,8 @@ DEMO = PipelineConfig(
     max_new_tokens=48,
     filters=["correct"],
     train={"num_train_epochs": 4, "learning_rate": 5e-5, "per_device_train_batch_size": 8, "max_length": 160,
-           "save_strategy": "no", "logging_steps": 5, "dev_fraction": 0.0},
+           "save_strategy": "steps", "save_steps": 4, "save_total_limit": 1, "logging_steps": 5,
+           "dev_fraction": 0.0},
     label_only_baseline=True,
     evaluate_teacher=True,
     self_consistency=False,
@@ -135,24 +186,19 @@ DEMO = PipelineConfig(
 )
 
 
-def _type_ok(value, hint) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, origin or hint)
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Line of each top-level key and of each key one level below (e.g. `train: {lr: ...}`), for error messages."""
+    import yaml
 
-
-def _type_name(hint) -> str:
-    args = typing.get_args(hint)
-    if args:
-        return " or ".join(_type_name(a) for a in args)
-    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+    lines: dict[tuple[str, ...], int] = {}
+    root = yaml.compose(text)
+    if isinstance(root, yaml.MappingNode):
+        for key, value in root.value:
+            lines[(str(key.value),)] = key.start_mark.line + 1
+            if isinstance(value, yaml.MappingNode):
+                for sub, _ in value.value:
+                    lines[(str(key.value), str(sub.value))] = sub.start_mark.line + 1
+    return lines
 
 
 def load_config(path: str | os.PathLike | None) -> PipelineConfig:
@@ -166,11 +212,12 @@ def load_config(path: str | os.PathLike | None) -> PipelineConfig:
         raise ScotdError(f"cannot read config {path}: {e.strerror}") from None
     try:
         data = yaml.safe_load(text) or {}
+        lines = _key_lines(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ScotdError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    return PipelineConfig.from_dict(data, str(path))
+    return PipelineConfig.from_dict(data, str(path), lines)
 
 
 class Run:
@@ -184,6 +231,8 @@ class Run:
         self.students = self.root / "students"
         self.eval_dir = self.root / "eval"
         self.onnx = self.root / "onnx"
+        #: the fp32 export a quantised `onnx/` is derived from (kept, so a rerun of the stage reuses it)
+        self.onnx_fp32 = self.root / "onnx-fp32"
         self.infer = self.root / "infer.jsonl"
 
     @property
@@ -208,7 +257,7 @@ class Run:
         """Create the directory or check that it belongs to the same config."""
         self.root.mkdir(parents=True, exist_ok=True)
         saved = self.root / "config.json"
-        current = asdict(self.cfg)
+        current = self.cfg.model_dump()
         if saved.is_file():
             old = json.loads(saved.read_text(encoding="utf-8"))
             diff = sorted(k for k in set(old) | set(current) if old.get(k) != current.get(k))
@@ -231,6 +280,9 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, from_stage: str | 
     run.open()
     if from_stage:
         run.forget(from_stage)
+        if STAGES.index(from_stage) <= STAGES.index("train") and run.students.exists():
+            say(f"--from {from_stage}: removing the students (and their checkpoints) of the earlier run")
+            shutil.rmtree(run.students)
     last = STAGES.index(until) if until else len(STAGES) - 1
     done = run.state()
     for i, stage in enumerate(STAGES[: last + 1]):
@@ -295,21 +347,52 @@ def stage_filter(run: Run, say) -> dict:
     return {"chains_in": len(rows), "chains_kept": len(kept), "questions_kept": questions}
 
 
-def _train_one(run: Run, name: str, label_only: bool) -> Path:
-    from .train import DistillConfig, train
+def _train_one(run: Run, name: str, label_only: bool, say) -> Path:
+    """Train one student, resuming from its newest Trainer checkpoint when a killed run left one.
+
+    A student whose scotd.json exists finished training (it is written last) and is kept. Once a student is saved
+    its checkpoints (optimizer state included: about 12 bytes a parameter) are deleted: they only serve resumption.
+    A stale checkpoint cannot leak in: the run directory is tied to one config and `--from` at or before `train`
+    removes the students first."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .train import SCOTD_JSON, DistillConfig, train
 
     out = run.students / name
+    if (out / SCOTD_JSON).is_file():
+        say(f"  {name}: trained already (its {SCOTD_JSON} exists), kept")
+        return out
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if last:
+        say(f"  {name}: resuming from {Path(last).name} (a Trainer checkpoint of the interrupted run)")
     options = {"seed": run.cfg.seed, **run.cfg.train}
     cfg = DistillConfig(student=run.cfg.student, corpus=str(run.filtered), task=run.cfg.task, label_only=label_only,
-                        output_dir=str(out), **options)
-    return train(cfg)
+                        output_dir=str(out), resume_from_checkpoint="last", **options)
+    train(cfg, callbacks=[_no_final_checkpoint()])
+    for checkpoint in out.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    return out
+
+
+def _no_final_checkpoint():
+    """A TrainerCallback that skips the checkpoint the Trainer writes after the last step: the student is saved
+    right then, so that checkpoint (about 12 bytes a parameter) would only be written to be deleted. Kept when the
+    best checkpoint is loaded at the end, which needs it."""
+    from transformers import TrainerCallback
+
+    class NoFinalCheckpoint(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps and not args.load_best_model_at_end:
+                control.should_save = False
+
+    return NoFinalCheckpoint()
 
 
 def stage_train(run: Run, say) -> dict:
-    summary = {"scotd": str(_train_one(run, "scotd", label_only=False).relative_to(run.root))}
+    summary = {"scotd": str(_train_one(run, "scotd", False, say).relative_to(run.root))}
     say(f"  distilled student: {run.root / summary['scotd']}")
     if run.cfg.label_only_baseline:
-        summary["label_only"] = str(_train_one(run, "label_only", label_only=True).relative_to(run.root))
+        summary["label_only"] = str(_train_one(run, "label_only", True, say).relative_to(run.root))
         say(f"  label-only baseline: {run.root / summary['label_only']}")
     return summary
 
@@ -345,15 +428,19 @@ def stage_evaluate(run: Run, say) -> dict:
 
 
 def stage_export(run: Run, say) -> dict:
+    """fp32 export (kept in onnx-fp32/ when quantising, so the slow graph export runs once per student), then the
+    quantised one derived from it; each is swapped in only after its checks pass."""
     from .export.exporter import export
 
-    if run.onnx.exists():
-        shutil.rmtree(run.onnx)  # an earlier, interrupted export of this run
-    task = run.cfg.task
-    export(run.students / "scotd", run.onnx, quantization=run.cfg.export_quantize,
-           accuracy_sample=run.cfg.export_accuracy_sample, accuracy_task=task,
+    cfg = run.cfg
+    export(run.students / "scotd", run.onnx, quantization=cfg.export_quantize,
+           fp32_dir=run.onnx_fp32 if cfg.export_quantize else None, accuracy_sample=cfg.export_accuracy_sample,
+           accuracy_task=cfg.task, accuracy_split=cfg.eval_split, data_dir=cfg.data_dir, overwrite=True,
            progress=lambda msg: say("  " + msg))
-    return {"onnx": str(run.onnx.relative_to(run.root)), "quantize": run.cfg.export_quantize}
+    summary = {"onnx": str(run.onnx.relative_to(run.root)), "quantize": cfg.export_quantize}
+    if cfg.export_quantize:
+        summary["onnx_fp32"] = str(run.onnx_fp32.relative_to(run.root))
+    return summary
 
 
 def stage_infer(run: Run, say) -> dict:

@@ -31,8 +31,10 @@ import math
 import os
 import random
 import time
+import types
+import typing
 from collections import OrderedDict
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 
 from transformers import TrainingArguments
@@ -496,6 +498,12 @@ def _resolve_resume(cfg: DistillConfig) -> str | None:
     return value
 
 
+def _checkpoint_step(checkpoint: str) -> int:
+    """The global step a Trainer checkpoint was saved at, from its trainer_state.json."""
+    state = Path(checkpoint) / "trainer_state.json"
+    return json.loads(state.read_text())["global_step"] if state.is_file() else -1
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Training
 
@@ -564,6 +572,8 @@ def train(cfg: DistillConfig, callbacks: list | None = None) -> Path:
     log.warning("training %s on %d questions / %d chains of %s (%s, %s) for %s",
                 cfg.student, stats.questions, stats.chains, task, "label-only" if cfg.label_only else cfg.chains,
                 cfg.batching, f"{cfg.max_steps} steps" if cfg.max_steps > 0 else f"{cfg.num_train_epochs} epochs")
+    if resume:
+        log.warning("resuming from %s (step %d)", resume, _checkpoint_step(resume))
     result = trainer.train(resume_from_checkpoint=resume)
 
     out = Path(cfg.output_dir)
@@ -599,7 +609,102 @@ def train(cfg: DistillConfig, callbacks: list | None = None) -> Path:
     return out
 
 
-if __name__ == "__main__":  # `accelerate launch -m scotd_harness.train --student ... --corpus ... --out ...`
-    from .commands.train import command
+# ----------------------------------------------------------------------------------------------------------------
+# Command line: `scotd train` and `python -m scotd_harness.train` (accelerate launch / torchrun) are the same command,
+# built here from the DistillConfig field metadata, so an option is defined once. The CLI layer
+# (`scotd_harness.commands.train`) only wraps it lazily; this library module never imports the CLI layer. click is
+# imported only when the command is built.
 
-    command()
+#: DistillConfig fields shown as options, in this order, with a shorter flag where users expect one. The
+#: remaining TrainingArguments fields keep their defaults (use the Python API for them).
+OPTIONS: list[tuple[str, str | None]] = [
+    ("student", None), ("corpus", None), ("output_dir", "--out"), ("task", None), ("label_only", None),
+    ("chains", None), ("only_correct", None), ("max_length", None), ("append_eos", None), ("batching", None),
+    ("num_train_epochs", "--epochs"), ("max_steps", None), ("learning_rate", "--lr"),
+    ("per_device_train_batch_size", "--batch-size"), ("per_device_eval_batch_size", "--eval-batch-size"),
+    ("gradient_accumulation_steps", "--grad-accum"), ("warmup_ratio", None), ("warmup_steps", None),
+    ("weight_decay", None), ("lr_scheduler_type", None), ("precision", None), ("gradient_checkpointing", None),
+    ("dev_fraction", None), ("dev_corpus", None), ("max_dev_questions", None), ("keep_best", None),
+    ("eval_steps", None), ("save_steps", None), ("save_total_limit", None), ("logging_steps", None),
+    ("lora", None), ("lora_r", None), ("lora_alpha", None), ("lora_dropout", None), ("lora_target_modules", None),
+    ("resume_from_checkpoint", "--resume"), ("seed", None), ("dataloader_num_workers", None),
+]
+REQUIRED = {"corpus", "output_dir"}
+EXTRA_HELP = {
+    "resume_from_checkpoint": "A checkpoint directory to resume from, or `last` for the newest one under --out "
+                              "(none there: start afresh).",
+    "output_dir": "Where the student (and its checkpoints) are written.",
+    "max_steps": "If > 0: the number of optimizer steps to run (overrides --epochs).",
+    "eval_steps": "With a dev set: evaluate every this many steps (default: --save-steps).",
+    "save_steps": "Save a checkpoint every this many steps.",
+    "seed": "Random seed (model init of new heads, data order, the per-epoch chain draw).",
+}
+
+
+def _base_type(tp) -> type:
+    """int/float/str/bool from a field annotation such as `int | None` or `Optional[float]`."""
+    if isinstance(tp, str):
+        tp = eval(tp, vars(typing), {})  # annotations of `from __future__ import annotations` modules
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else ()
+    for candidate in args or (tp,):
+        if candidate in (bool, int, float, str):
+            return candidate
+    return str
+
+
+def _option(f: Field, flag: str | None):
+    import click
+
+    name = f.name
+    flag = flag or "--" + name.replace("_", "-")
+    kind = _base_type(f.type)
+    default = f.default if f.default is not MISSING else None
+    if hasattr(default, "value"):  # enums such as SchedulerType
+        default = default.value
+    help_text = EXTRA_HELP.get(name) or f.metadata.get("help", "")
+    choices = f.metadata.get("choices")
+    if kind is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", name, default=bool(default), show_default=True, help=help_text)
+    click_type = click.Choice(choices) if choices else kind
+    return click.option(flag, name, type=click_type, default=default, required=name in REQUIRED,
+                        show_default=default is not None, help=help_text)
+
+
+def _options(func):
+    by_name = {f.name: f for f in fields(DistillConfig)}
+    for name, flag in reversed(OPTIONS):
+        func = _option(by_name[name], flag)(func)
+    return func
+
+
+def _run(**kwargs) -> None:
+    import click
+
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    try:  # also reached through `python -m scotd_harness.train`, outside the cli group's own handler
+        out = train(DistillConfig(**kwargs))
+    except ScotdError as e:
+        raise click.ClickException(str(e)) from e
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not per process of a distributed run
+        click.echo(f"student written to {out}")
+
+
+def build_command(name: str = "train"):
+    """The click command for DistillConfig: every option in OPTIONS, with the help of its field."""
+    import click
+
+    return click.command(name, help=COMMAND_HELP)(_options(_run))
+
+
+COMMAND_HELP = (
+    "Fine-tune a student on a rationale corpus (SCoTD), or with --label-only on the gold answers alone.\n\n"
+    "\b\nExamples:\n"
+    "  scotd train --student embedded --corpus corpus.jsonl --out runs/student\n"
+    "  scotd train --corpus corpus.jsonl --out runs/label-only --label-only\n"
+    "  accelerate launch --multi_gpu --num_processes 2 -m scotd_harness.train --corpus corpus.jsonl --out runs/s\n\n"
+    "The loss is taken on the target tokens only; the student directory holds safetensors and scotd.json."
+)
+
+
+if __name__ == "__main__":  # `accelerate launch -m scotd_harness.train --student ... --corpus ... --out ...`
+    build_command()(prog_name="python -m scotd_harness.train")

@@ -1,17 +1,26 @@
-"""Export: the three families, parity recorded, atomic failure, quantisation with its accuracy change."""
+"""Export: the three families, parity recorded, atomic failure and overwrite, stale staging cleaned, quantisation
+with its accuracy change on the data asked for, an fp32 export reused, an unsupported family refused."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
-
-from scotd_harness.errors import ScotdError
-from scotd_harness.export.exporter import export
+from click.testing import CliRunner
+from scotd_harness.export.exporter import derive, export, student_sha256
 from scotd_harness.export.parity import ParityError
 from scotd_harness.export.runtime import GenerationConfig, OnnxStudent
 from tiny_students import make_tiny_student
+
+from scotd_harness.cli import cli
+from scotd_harness.errors import ScotdError
 
 QUIET = {"threads": 2, "progress": lambda msg: None}
 
@@ -34,14 +43,6 @@ def test_export_families(tiny_dirs, tmp_path, family, attention):
     gens = OnnxStudent(out, threads=2).generate(["Q: a?\nA:"], GenerationConfig(max_new_tokens=4, stop=()))
     assert len(gens) == 1 and gens[0].prompt_tokens > 0
     assert not [p for p in tmp_path.iterdir() if "staging" in p.name]
-
-
-def test_failed_parity_leaves_nothing(tiny_dirs, tmp_path):
-    out = tmp_path / "onnx"
-    with pytest.raises(ParityError, match="max \\|logit diff\\|"):
-        export(tiny_dirs["gpt2"], out, atol=1e-12, **QUIET)
-    assert not out.exists()
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_refuses_non_empty_target_and_unknown_family(tiny_dirs, tmp_path):
@@ -82,7 +83,6 @@ def test_embedded_int4(onnx_student_int4_dir):
 def test_int4_options_change_the_graph(tiny_dirs, tmp_path):
     """Asymmetric blocks carry zero points; `embedding=False` leaves the token table a float Gather."""
     import onnx
-
     from scotd_harness.export.quantize import Int4Options, quantize_int4
 
     fp32 = export(tiny_dirs["llama"], tmp_path / "fp32", **QUIET)
@@ -104,7 +104,6 @@ def test_int4_with_an_8_bit_lm_head(tiny_dirs, tmp_path):
     import numpy as np
     import onnx
     from onnx import helper
-
     from scotd_harness.export.quantize import Int4Options, quantize_int4
     from scotd_harness.export.runtime import OnnxStudent
 
@@ -138,7 +137,6 @@ def test_int4_sensitive_layers_at_8_bits(tiny_dirs, tmp_path):
     import numpy as np
     import onnx
     from onnx import helper
-
     from scotd_harness.export.quantize import Int4Options, quantize_int4
     from scotd_harness.export.runtime import OnnxStudent
 
@@ -174,3 +172,110 @@ def test_int4_sensitive_layers_at_8_bits(tiny_dirs, tmp_path):
     ref = OnnxStudent(fp32).forward_logits(ids)[0]
     err = {k: float(np.abs(OnnxStudent(v).forward_logits(ids)[0] - ref).mean()) for k, v in variants.items()}
     assert 0 < err["v-down"] < err["none"], err
+
+
+# --- atomic export -----------------------------------------------------------------------------------------------
+
+
+def _staging_dirs(parent: Path, name: str) -> list[Path]:
+    return sorted(p for p in parent.iterdir() if p.name.startswith(f".{name}.staging-"))
+
+
+def test_export_is_swapped_in_only_after_its_checks(tiny_dirs, tmp_path):
+    """A killed export's staging dir is removed by the next export (a running one's is kept); a failed check leaves
+    no new directory, and on --overwrite the old export untouched; a passing one replaces it, nothing left beside."""
+    out = tmp_path / "onnx"
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    killed = subprocess.Popen([sys.executable, "-m", "scotd_harness.cli", "export", str(tiny_dirs["gpt2"]), "--out",
+                               str(out), "--threads", "2"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not _staging_dirs(tmp_path, "onnx") and time.time() < deadline and killed.poll() is None:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(30) == -signal.SIGKILL
+    (left,) = _staging_dirs(tmp_path, "onnx")
+    assert not out.exists() and left.name.startswith(f".onnx.staging-{killed.pid}-")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        live = tmp_path / f".onnx.staging-{sleeper.pid}-running"
+        live.mkdir()
+        said = []
+        with pytest.raises(ParityError, match="max \\|logit diff\\|"):  # a failed check leaves no directory
+            export(tiny_dirs["gpt2"], out, atol=1e-12, threads=2, progress=said.append)
+        assert any(f"removing {left.name}: left by an export of onnx (pid {killed.pid}) that is no longer running"
+                   in m for m in said), said
+        assert not out.exists() and _staging_dirs(tmp_path, "onnx") == [live]  # a running export's is kept
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    live.rmdir()
+    assert list(tmp_path.iterdir()) == []
+    export(tiny_dirs["gpt2"], out, **QUIET)
+    before = {p.name: (p.stat().st_ino, p.read_bytes()) for p in out.iterdir() if p.is_file()}
+    assert json.loads((out / "scotd.json").read_text())["family"] == "gpt2"
+
+    with pytest.raises(ParityError):
+        export(tiny_dirs["gpt2"], out, atol=1e-12, overwrite=True, **QUIET)
+    assert {p.name: (p.stat().st_ino, p.read_bytes()) for p in out.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]
+
+    derive(out, tmp_path / "q", "int8", accuracy_sample=0, **QUIET)
+    derive(out, tmp_path / "q", "int4-uniform", accuracy_sample=0, overwrite=True, **QUIET)
+    assert json.loads((tmp_path / "q" / "scotd.json").read_text())["quantization"]["recipe"] == "int4-uniform"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx", "q"]  # no staging or old directory left
+    with pytest.raises(ScotdError, match="not empty"):
+        derive(out, tmp_path / "q", "int8", accuracy_sample=0, **QUIET)
+
+
+def _csqa_data_dir(root: Path, dev: int, train: int) -> Path:
+    """A data directory in the official CSQA layout holding `dev` and `train` questions of its own."""
+    folder = root / "commonsenseqa"
+    folder.mkdir(parents=True)
+    for name, count in (("dev_rand_split.jsonl", dev), ("train_rand_split.jsonl", train)):
+        rows = [{"answerKey": "A", "id": f"{name[:3]}-{i}", "question": {
+            "stem": f"Where would you keep item number {i}?",
+            "choices": [{"label": label, "text": text} for label, text in zip("ABCDE", ["box", "sea", "sky", "sun", "air"])],
+        }} for i in range(count)]
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_quantised_export_reuses_the_fp32_export_and_reads_the_given_data(tiny_dirs, tmp_path):
+    """The graph export runs once for a student (identified by its content hash); the accuracy sample comes from
+    the data directory and split given (3 dev and 2 train questions there, thousands in the official files)."""
+    data = _csqa_data_dir(tmp_path / "data", dev=3, train=2)
+    fp32, said = tmp_path / "fp32", []
+    first = export(tiny_dirs["gpt2"], tmp_path / "int8", quantization="int8", fp32_dir=fp32, accuracy_sample=16,
+                   data_dir=data, threads=2, progress=said.append)
+    assert sum("exporting with" in m for m in said) == 1
+    fp32_meta = json.loads((fp32 / "scotd.json").read_text())
+    assert fp32_meta["student_sha256"] == student_sha256(tiny_dirs["gpt2"]) and fp32_meta["quantization"] is None
+    meta = json.loads((first / "scotd.json").read_text())
+    assert meta["quantization"]["method"] and meta["derived_from"]["student_sha256"] == fp32_meta["student_sha256"]
+    assert (meta["accuracy_change"]["n"], meta["accuracy_change"]["split"]) == (3, "validation")
+    assert meta["accuracy_change"]["data"] == str(data)
+
+    said.clear()
+    second = export(tiny_dirs["gpt2"], tmp_path / "int4", quantization="int4-uniform", fp32_dir=fp32,
+                    accuracy_sample=16, accuracy_split="train", data_dir=data, threads=2, progress=said.append)
+    assert not any("exporting with" in m for m in said) and any("reusing the fp32 export" in m for m in said), said
+    change = json.loads((second / "scotd.json").read_text())["accuracy_change"]
+    assert (change["n"], change["split"]) == (2, "train")
+    with pytest.raises(ScotdError, match="no fp32 export of this student"):  # another student: no silent reuse
+        export(tiny_dirs["opt"], tmp_path / "other", quantization="int8", fp32_dir=fp32, **QUIET)
+    assert not (tmp_path / "other").exists()
+
+
+def test_unsupported_family_is_a_clean_cli_error(tiny_dirs, tmp_path):
+    bad = tmp_path / "bert-student"
+    shutil.copytree(tiny_dirs["opt"], bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["model_type"] = "bert"
+    (bad / "config.json").write_text(json.dumps(cfg))
+    result = CliRunner().invoke(cli, ["export", str(bad), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert "model_type 'bert' is not a supported student family; supported: gpt2, llama, mistral, opt, qwen2" in (
+        result.output)
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bert-student"]

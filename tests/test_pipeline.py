@@ -1,17 +1,20 @@
-"""`scotd pipeline` end to end (reduced size) on the embedded model, its config validation and resumption, and
-`scotd report` on the finished run."""
+"""`scotd pipeline` end to end (reduced size) on the embedded model, its config validation and resumption (between
+stages, and inside training from a Trainer checkpoint after a SIGKILL), and `scotd report` on the finished run."""
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 
 import pytest
 from click.testing import CliRunner
+from tiny_students import make_tiny_student
 
 from scotd_harness.cli import cli
 from scotd_harness.errors import ScotdError
-from scotd_harness.pipeline import DEMO, STAGES, PipelineConfig, load_config
+from scotd_harness.pipeline import DEMO, STAGES, PipelineConfig, Run, load_config
 
 #: the demonstration run, cut down: every stage runs for real, on 4 questions and 2 chains each
 REDUCED = """\
@@ -59,6 +62,35 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ScotdError, match="unknown task 'gsm8k'"):
         load_config(bad)
     assert load_config(None) is DEMO and PipelineConfig().n == 30 and PipelineConfig().temperature == 1.0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("task: demo\nn: 2.5\n", "bad.yaml:2: key 'n' must be int, got 2.5"),  # strict: no silent truncation
+    ("task: demo\nn: '3'\n", "bad.yaml:2: key 'n' must be int, got '3'"),
+    ("seed: 1\ntrain_limit: yes\n", "bad.yaml:2: key 'train_limit' must be int or null, got True"),
+    ("filters: [all, 3]\n", "bad.yaml:1: key 'filters.1' must be str, got 3"),
+    ("n: 0\n", "bad.yaml:1: key 'n': input should be greater than or equal to 1"),
+    ("task: demo\ntrain:\n  num_train_epochs: 1\n  learning_rat: 0.1\n",
+     "bad.yaml:4: key 'train.learning_rat' is not an option of scotd train"),
+    ("train: {resume_from_checkpoint: last}\n", "key 'train.resume_from_checkpoint' is set by the pipeline itself"),
+    ("teacher: embedded\n", "bad.yaml:1: key 'teacher': must be BACKEND:MODEL"),
+    ("export_quantize: int3\n", "bad.yaml:1: key 'export_quantize': must be one of int4, int4-uniform, int8 or null"),
+    ("- task: demo\n", "bad.yaml: expected a mapping of settings at the top level"),
+])
+def test_config_is_validated_strictly_with_file_line_and_key(tmp_path, text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ScotdError) as e:
+        load_config(bad)
+    assert message in str(e.value)
+
+
+def test_config_accepts_an_int_for_a_float_and_round_trips(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("task: demo\ntemperature: 1\nexport_quantize: null\ntrain: {learning_rate: 1.0e-4}\n")
+    cfg = load_config(good)
+    assert cfg.temperature == 1.0 and cfg.export_quantize is None and cfg.train == {"learning_rate": 1e-4}
+    assert PipelineConfig.from_dict(cfg.model_dump()) == cfg
 
 
 def test_cli_reports_a_bad_config_cleanly(tmp_path):
@@ -115,3 +147,64 @@ def test_reduced_pipeline_runs_every_stage_and_resumes(tmp_path, embedded_model_
     other.write_text(REDUCED.replace("n: 2", "n: 3"))
     refused = _scotd("pipeline", "--config", str(other), "--out", str(run), cwd=tmp_path)
     assert refused.returncode == 1 and "other settings (n differ)" in refused.stderr
+
+
+#: the pipeline, with a SIGKILL at the first Trainer checkpoint of the train stage (the callback is the only change)
+KILL_AT_FIRST_CHECKPOINT = """
+import os, signal, sys
+from transformers import TrainerCallback
+import scotd_harness.train as training
+
+class Kill(TrainerCallback):
+    def on_save(self, args, state, control, **kw):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+real = training.train
+training.train = lambda cfg, callbacks=None: real(cfg, callbacks=[Kill()])
+from scotd_harness.cli import cli
+cli(sys.argv[1:])
+"""
+
+
+def test_train_stage_resumes_from_its_checkpoint_after_a_sigkill(tmp_path, fixtures_dir, embedded_model_dir):
+    """Sample and filter are done (recorded through the run's own API, with the fixture corpus); the pipeline is
+    SIGKILLed right after training saved checkpoint-2; the rerun skips the finished stages, says it resumes, and
+    the student's scotd.json shows training continued from checkpoint-2 to step 4. Checkpoints are removed once the
+    student is saved."""
+    student = make_tiny_student("llama", tmp_path / "tiny-llama", embedded_model_dir)
+    config = tmp_path / "run.yaml"
+    config.write_text(f"task: csqa\nteacher: hf:embedded\nstudent: {student}\nfilters: [all]\nlabel_only_baseline: false\n"
+                      "train: {max_steps: 4, save_steps: 2, per_device_train_batch_size: 2, max_length: 160, "
+                      "logging_steps: 1, disable_tqdm: true}\n")
+    run = Run(tmp_path / "run", load_config(config))
+    run.open()
+    for path in (run.corpus, run.filtered):
+        shutil.copy(fixtures_dir / "tiny_csqa_corpus.jsonl", path)
+    run.record("sample", {"chains": 12}, 1.0)
+    run.record("filter", {"chains_kept": 12}, 1.0)
+    before = {"stages": run.state(), "corpus": run.corpus.read_bytes(), "filtered": run.filtered.read_bytes()}
+    args = ["pipeline", "--config", str(config), "--out", str(run.root), "--until", "train"]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2"}
+
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_AT_FIRST_CHECKPOINT)
+    killed = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True,
+                            timeout=600, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    scotd = run.students / "scotd"
+    assert (scotd / "checkpoint-2" / "trainer_state.json").is_file() and not (scotd / "scotd.json").exists()
+    assert "train" not in run.state()
+
+    resumed = subprocess.run([sys.executable, "-m", "scotd_harness.cli", *args], env=env, capture_output=True,
+                             text=True, timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "[1/6] sample: done already, skipped" in resumed.stderr
+    assert "[2/6] filter: done already, skipped" in resumed.stderr
+    assert "scotd: resuming from checkpoint-2" in resumed.stderr and "resuming from" in resumed.stderr
+    info = json.loads((scotd / "scotd.json").read_text())
+    assert info["result"]["resumed_from"] == "checkpoint-2" and info["result"]["global_step"] == 4
+    assert (scotd / "model.safetensors").is_file() and not list(scotd.glob("checkpoint-*"))
+    state = run.state()
+    assert list(state) == ["sample", "filter", "train"]
+    assert {k: state[k] for k in ("sample", "filter")} == before["stages"]
+    assert run.corpus.read_bytes() == before["corpus"] and run.filtered.read_bytes() == before["filtered"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -384,3 +385,56 @@ def test_cpu_bf16_autocast_trains_and_saves_fp32(tmp_path, corpus, tiny_llama):
     history = json.loads(next(out.glob("checkpoint-*/trainer_state.json")).read_text())["log_history"]
     losses = [h["loss"] for h in history if "loss" in h]
     assert len(losses) == 3 and all(0 < x < 20 for x in losses)
+
+
+# --- the command line and the import graph -------------------------------------------------------------------------
+
+
+def test_library_does_not_import_the_cli_layer():
+    """No library module imports scotd_harness.cli or scotd_harness.commands, at any level (function bodies and
+    `if __name__ == "__main__"` blocks included): `scotd train` wraps `scotd_harness.train`, never the reverse."""
+    import ast
+
+    import scotd_harness
+    import scotd_harness.export
+
+    roots = [Path(scotd_harness.__file__).parent, Path(scotd_harness.export.__file__).parent]
+    offenders = []
+    for path in (p for root in roots for p in root.rglob("*.py")):
+        if "commands" in path.parts or path.name == "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module or ''}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            offenders += [f"{path.name}:{node.lineno} {n}" for n in names
+                          if "commands" in n.split(".") or n.split(".")[-1] == "cli"]
+    assert len(roots[0].joinpath("train.py").read_text()) > 0 and not offenders, offenders
+
+
+def test_module_entry_point_is_the_scotd_train_command():
+    """`python -m scotd_harness.train` (what accelerate launch and torchrun run) and `scotd train` are one command:
+    the same options, every one of OPTIONS, with its help; bad input is a one-line error from both."""
+    from click.testing import CliRunner
+
+    from scotd_harness.cli import cli
+    from scotd_harness.train import OPTIONS
+
+    module = subprocess.run([sys.executable, "-m", "scotd_harness.train", "--help"], capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert module.returncode == 0, module.stderr[-2000:]
+    scotd = CliRunner().invoke(cli, ["train", "--help"])
+    assert scotd.exit_code == 0, scotd.output
+    flags = [flag or "--" + name.replace("_", "-") for name, flag in OPTIONS]
+    assert all(flag in module.stdout and flag in scotd.output for flag in flags)
+    def listed(text):
+        return set(re.findall(r"(?m)^\s+(--[a-z0-9-]+)", text.split("Options:")[1])) - {"--help"}
+
+    assert listed(module.stdout) == listed(scotd.output) >= set(flags)
+    missing = subprocess.run([sys.executable, "-m", "scotd_harness.train", "--corpus", "nowhere.jsonl", "--out", "x"],
+                             capture_output=True, text=True, timeout=300, check=False)
+    assert missing.returncode == 1 and "Error: corpus nowhere.jsonl does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr
