@@ -41,6 +41,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from scotd_harness.checksums import update_with_file
 from scotd_harness.errors import ScotdError
 
 from . import families, quantize
@@ -277,9 +278,7 @@ def student_sha256(student_dir: str | os.PathLike) -> str:
     h = hashlib.sha256()
     for name in ["config.json", *weights]:
         h.update(name.encode() + b"\0")
-        with open(student_dir / name, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        update_with_file(h, student_dir / name)
     return h.hexdigest()
 
 

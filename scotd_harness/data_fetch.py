@@ -17,7 +17,6 @@ member the loaders read is extracted and verified against its own pinned hash.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import shutil
@@ -29,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checksums import sha256_of
 from .errors import ScotdError
 
 #: Environment variable that plays the part of `--mirror`.
@@ -209,14 +209,6 @@ def select(tasks: Iterable[str] = (), splits: Iterable[str] = ()) -> list[DataFi
     groups = {GROUPS[t] for t in tasks} or set(GROUPS.values())
     chosen = [f for f in MANIFEST if f.group in groups]
     return [f for f in chosen if f.split in splits] if splits else chosen
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass

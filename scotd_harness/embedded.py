@@ -70,7 +70,7 @@ def find_gguf(download: bool = True) -> Path:
 
 def verify_sha256(path: Path, expected: str, what: str) -> None:
     """Refuse a file whose bytes are not the pinned ones (a corrupted download, a tampered mirror)."""
-    from .data_fetch import sha256_of
+    from .checksums import sha256_of
 
     actual = sha256_of(path)
     if actual != expected:

@@ -318,7 +318,8 @@ def stage_sample(run: Run, say) -> dict:
                               temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                               prompt_version=prompt.prompt_version, seed=cfg.seed, limit=cfg.train_limit)
     kind, _ = parse_teacher(cfg.teacher)
-    backend = get_teacher(cfg.teacher, **({"api_base": cfg.api_base} if kind == "openai" else {"seed": cfg.seed}))
+    # every backend gets the run seed: each chain's own seed derives from it (scotd_harness.seeding)
+    backend = get_teacher(cfg.teacher, seed=cfg.seed, **({"api_base": cfg.api_base} if kind == "openai" else {}))
     resume = run.corpus.exists()
     try:
         summary = run_sampling(examples, lambda ex: prompt.render(ex.question, ex.choices), backend, settings,

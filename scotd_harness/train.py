@@ -40,8 +40,10 @@ from pathlib import Path
 from transformers import TrainingArguments
 
 from . import formats
+from .checksums import sha256_of
 from .corpus import CorpusRow, read_corpus
 from .errors import ScotdError
+from .hashsplit import in_hash_fraction
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +273,7 @@ class CorpusStats:
 
 
 def _in_dev(question_id: str, fraction: float) -> bool:
-    return fraction > 0 and int(hashlib.sha1(question_id.encode()).hexdigest(), 16) % 10_000 < fraction * 10_000
+    return in_hash_fraction(question_id, fraction)
 
 
 def load_rows(path: str | os.PathLike, task: str | None) -> tuple[list[CorpusRow], str]:
@@ -474,14 +476,6 @@ class _EpochCallback:
         self.dataset.set_epoch(math.floor((state.epoch or 0) + 1e-6))
 
 
-def _file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _resolve_resume(cfg: DistillConfig) -> str | None:
     value = cfg.resume_from_checkpoint
     if value in (None, "", "no", "false", "False"):
@@ -592,7 +586,7 @@ def train(cfg: DistillConfig, callbacks: list | None = None) -> Path:
                         "target": "formats.direct_target" if cfg.label_only else "formats.student_target",
                         "answer_phrase": formats.ANSWER_PHRASE, "stop": list(formats.STOP_STRINGS)},
             "base_model": cfg.student,
-            "corpus": {"path": os.path.basename(cfg.corpus), "sha256": _file_sha256(cfg.corpus), "rows": stats.rows,
+            "corpus": {"path": os.path.basename(cfg.corpus), "sha256": sha256_of(cfg.corpus), "rows": stats.rows,
                        "questions": stats.questions, "examples": stats.chains, "dev_questions": stats.dev_questions,
                        "dropped": stats.dropped},
             "tokenizer": {"prompt_special_tokens": False, "append_eos": cfg.append_eos, "pad_from_eos": pad_from_eos},

@@ -32,7 +32,7 @@ QUAREL_PARTIAL_SHA256 = "ddcf9a48eb74ff4228fa54e0900579a0345f4cdcb99419252809bd8
 @pytest.fixture(scope="session")
 def quarel_train_size(data_dir) -> int:
     """How many QuaRel train questions this data folder holds (tests that count them accept either copy)."""
-    from scotd_harness.data_fetch import sha256_of
+    from scotd_harness.checksums import sha256_of
 
     path = data_dir / "quarel" / "quarel-v1-train.jsonl"
     return 830 if sha256_of(path) == QUAREL_PARTIAL_SHA256 else 1941

@@ -338,3 +338,20 @@ def test_more_choices_than_asked_is_an_error(runtime_student):
         with pytest.raises(ScotdError, match="returned 3 choices for n=2"):
             teacher.sample(PROMPTS[:1], 2, 1.0, 4, ())
         teacher.close()
+
+
+def test_pipeline_with_an_endpoint_teacher_is_seeded_and_reproducible(api_base, tmp_path):
+    """`scotd pipeline` with an openai teacher hands the run seed to the backend: two runs of one config sample the
+    same corpus from `scotd serve` (which honours seeds), and a run with another seed does not."""
+    from scotd_harness.pipeline import PipelineConfig, run_pipeline
+
+    def corpus(seed: int, name: str) -> list[str]:
+        cfg = PipelineConfig(task="demo", teacher="openai:student", api_base=api_base, n=3, train_limit=2,
+                             max_new_tokens=8, seed=seed)
+        run = run_pipeline(cfg, tmp_path / name, until="sample", say=lambda msg: None)
+        return [(r.id, r.sample_index, r.raw) for r in read_corpus(run.corpus)]
+
+    first = corpus(0, "a")
+    assert len(first) == 6 and len({raw for *_, raw in first}) > 1
+    assert corpus(0, "b") == first
+    assert corpus(1, "c") != first
