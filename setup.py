@@ -101,6 +101,7 @@ setup(
         "fastapi",
         "uvicorn",
         "pydantic>=2",
+        "pydantic-core",  # PydanticCustomError (pydantic pins its exact version)
         "filelock>=3",
         "scikit-learn",
         "matplotlib",
