@@ -92,16 +92,21 @@ class CorrectFilter(CorpusFilter):
 
 
 class AllFilter(CorpusFilter):
-    name = "all"
-    params = ("drop_unparsed",)
+    """The paper's few-shot setting: every chain, right or wrong. `drop_empty` leaves out chains with no rationale
+    (a weak teacher sometimes answers at once), which would teach the student to skip its reasoning."""
 
-    def __init__(self, drop_unparsed: bool = False):
+    name = "all"
+    params = ("drop_unparsed", "drop_empty")
+
+    def __init__(self, drop_unparsed: bool = False, drop_empty: bool = False):
         self.drop_unparsed = _bool(drop_unparsed)
+        self.drop_empty = _bool(drop_empty)
 
     def apply(self, rows):
         from .formats import INVALID
 
-        return [row for row in rows if not (self.drop_unparsed and row.prediction == INVALID)]
+        return [row for row in rows if not (self.drop_unparsed and row.prediction == INVALID)
+                and not (self.drop_empty and not row.rationale.strip())]
 
 
 class RandomK(PerQuestionFilter):

@@ -184,6 +184,22 @@ def _onnx_lines(meta: dict) -> list[str]:
     return lines
 
 
+#: The first lines of a demo run's report: what it shows, what it does not, and where the real thing is.
+DEMO_PREFACE = """> **Demonstration set, not a benchmark.** This run shows every stage of SCoTD working, offline, in minutes:
+> a teacher samples chains of thought, they are filtered, a student is fine-tuned on them, evaluated with the lm-eval
+> tasks, exported to ONNX and run without torch. Teacher and student are the same 135M model, the 24 questions were
+> written for this project, and the paper's few-shot setting keeps every chain (`filters: [all]`), because a teacher
+> this small answers them near chance.
+>
+> **What it shows:** the student learns to write a rationale before its answer (see "Deployed student" below).
+> **What it does not show:** that rationales make the student more accurate. Its accuracy here says nothing about
+> the method; that needs a large teacher on a real task: `scotd pipeline --config run.yaml` with a config like the
+> README's (e.g. `task: csqa`, an `openai:` teacher at `api_base`, `n: 30`), or, from the PaLM-540B CommonsenseQA
+> chains, `scotd corpus import distilling-step-by-step --out corpus.jsonl` then `scotd train` and `scotd eval`
+> (`bench/distill_csqa.py` runs that study).
+"""
+
+
 def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -> Path:
     """Write report.md, accuracy.png (and accuracy_vs_n.png for a sweep), rating_sheet.{csv,html} into `root`."""
     run = load_run(root)
@@ -193,8 +209,7 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
              f"student `{cfg['student']}`, {cfg['n']} chains per question at temperature {cfg['temperature']}, "
              f"filters {', '.join(cfg['filters'])}.\n"]
     if cfg["task"] == "demo":
-        parts.append("> **Demonstration set, not a benchmark.** These 24 questions were written to show every "
-                     "stage working in minutes; accuracy on them says little about the method.\n")
+        parts.append(DEMO_PREFACE)
 
     parts.append("## Stages\n\n| stage | seconds | finished |\n|---|---:|---|\n" + "".join(
         f"| {name} | {s.get('seconds', '')} | {s.get('finished', '')} |\n" for name, s in run["stages"].items()))
@@ -227,8 +242,10 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
         if onnx_meta.is_file():
             lines.extend(_onnx_lines(read_json(onnx_meta)))
         if infer:
+            written = (f", a rationale written for {infer['with_rationale']} of them" if "with_rationale" in infer
+                       else "")
             lines.append(f"Inference stage: {infer['questions']} questions in {infer['seconds']} s, "
-                         f"{infer['tokens_per_second']} generated tokens/s, {infer['correct']} correct.")
+                         f"{infer['tokens_per_second']} generated tokens/s, {infer['correct']} correct{written}.")
         parts.append("\n\n".join(lines) + "\n")
 
     sheet = rating_sheet(run)

@@ -54,6 +54,14 @@ def test_all_keeps_everything_or_drops_unparsed(rows):
     assert ("csqa", "q2", 2) not in keys(get_filter("all:drop_unparsed=true").apply(rows))
 
 
+def test_all_can_drop_chains_without_a_rationale(rows):
+    import dataclasses
+
+    silent = dataclasses.replace(rows[0], sample_index=99, rationale="  ")
+    kept = keys(get_filter("all:drop_empty=true").apply([*rows, silent]))
+    assert kept == keys(rows) and ("csqa", "q1", 99) in keys(get_filter("all").apply([*rows, silent]))
+
+
 def test_random_k_is_per_question_and_stable(rows):
     a = get_filter("random-k:k=2,seed=3").apply(rows)
     b = get_filter("random-k:2,3").apply(rows)  # positional shorthand

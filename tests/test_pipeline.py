@@ -135,6 +135,8 @@ def test_reduced_pipeline_runs_every_stage_and_resumes(tmp_path, embedded_model_
 
     report = (run / "report.md").read_text()
     assert "Demonstration set, not a benchmark" in report and "student, SCoTD-distilled" in report
+    assert "**What it does not show:**" in report and "scotd pipeline --config run.yaml" in report
+    assert "a rationale written for" in report
     assert (run / "accuracy.png").stat().st_size > 1000
     sheet = (run / "rating_sheet.csv").read_text().splitlines()
     assert sheet[0].startswith("id,question,choices,gold,teacher_rationale") and len(sheet) == 1 + 4
