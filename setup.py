@@ -100,6 +100,8 @@ setup(
         "tenacity",
         "fastapi",
         "uvicorn",
+        "jinja2>=3.1",  # chat templates, rendered as transformers renders them
+        "prometheus-client>=0.20",  # the server's /metrics
         "pydantic>=2",
         "pydantic-core",  # PydanticCustomError (pydantic pins its exact version)
         "filelock>=3",

@@ -34,6 +34,7 @@ class ScotdOnnxLM(LM):
         batch_size: int | str = 8,
         max_gen_toks: int = 256,
         seed: int = 1234,
+        prompt_lookup: int | None = None,
         **kwargs,
     ):
         super().__init__()
@@ -47,6 +48,8 @@ class ScotdOnnxLM(LM):
         self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
         self.max_gen_toks = int(max_gen_toks)
         self.seed = int(seed)
+        #: draft tokens for prompt-lookup decoding of greedy chains (None: the runtime's default, 0: off)
+        self.prompt_lookup = None if prompt_lookup in (None, "", "None") else int(prompt_lookup)
         self._calls = 0
 
     # ------------------------------------------------------------------------------------------- loglikelihood
@@ -99,6 +102,7 @@ class ScotdOnnxLM(LM):
             top_k=int(kwargs.pop("top_k", 0) or 0),
             stop=tuple(until or ()),
             seed=int(kwargs.pop("seed", self.seed + self._calls)),
+            prompt_lookup=self.prompt_lookup,
         )
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:

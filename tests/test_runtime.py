@@ -26,7 +26,8 @@ def student(onnx_student_dir):
 
 
 def test_runtime_imports_no_torch(onnx_student_dir):
-    """Run a generation in a fresh interpreter where torch and transformers cannot be imported."""
+    """Run a generation, and one through the scheduler, in a fresh interpreter where torch and transformers
+    cannot be imported."""
     code = f"""
 import sys
 sys.modules["torch"] = None
@@ -35,6 +36,9 @@ from scotd_harness.export.runtime import OnnxStudent, GenerationConfig
 s = OnnxStudent({str(onnx_student_dir)!r}, threads=2)
 a = s.answer("Where do you keep milk?", [("a", "fridge"), ("b", "oven")],
              config=GenerationConfig(max_new_tokens=8))
+from scotd_harness.export.scheduler import Scheduler
+with Scheduler(s, max_batch=2) as scheduler:
+    assert scheduler.submit([s.encode("Q: milk? A:")], GenerationConfig(max_new_tokens=4)).wait(60)[0][0]
 assert "torch" not in [m.split(".")[0] for m in sys.modules if sys.modules[m] is not None]
 print(a.answer)
 """
@@ -155,3 +159,26 @@ def test_infer_command(onnx_student_dir, tmp_path):
     assert [o["id"] for o in out] == ["x1", "x2"] and "votes" in out[0] and "correct" in out[0]
     bad = runner.invoke(cli, ["infer", str(onnx_student_dir), "--question", "q", "--choices", "only"])
     assert bad.exit_code != 0 and "two" in bad.output
+
+
+def test_infer_and_scotd_onnx_pass_prompt_lookup_through(onnx_student_int4_dir):
+    """`scotd infer --prompt-lookup K` and `scotd-onnx`'s `prompt_lookup` model arg reach the decode loop: on the
+    int4 export (off by default there), asking for it drafts tokens; 0 keeps it off."""
+    from click.testing import CliRunner
+
+    from scotd_harness.cli import cli
+    from scotd_harness.export.lm_eval_model import ScotdOnnxLM
+
+    args = ["infer", str(onnx_student_int4_dir), "--question", "What do you use to cut paper, scissors or a spoon?",
+            "--choices", "scissors|spoon", "--max-new-tokens", "24", "--threads", "2"]
+    for flag in (["--prompt-lookup", "0"], ["--prompt-lookup", "4"]):
+        result = CliRunner().invoke(cli, args + flag)
+        assert result.exit_code == 0, result.output
+    assert "--prompt-lookup" in CliRunner().invoke(cli, ["infer", "--help"]).output
+
+    lm = ScotdOnnxLM(str(onnx_student_int4_dir), threads=2, prompt_lookup=4)
+    config = lm._config({"until": ["\n\n"], "max_gen_toks": 32})
+    assert config.prompt_lookup == 4 and config.temperature == 0
+    (gen,) = lm.student.generate([PROMPTS[1]], config)
+    assert gen.drafted > 0
+    assert ScotdOnnxLM(str(onnx_student_int4_dir), threads=2)._config({}).prompt_lookup is None
