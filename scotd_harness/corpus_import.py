@@ -9,6 +9,10 @@
 - Distilling step-by-step's PaLM-540B CoT rationales for CSQA (`cqa_{train,test}.json` plus
   `llm/{train,test}_CoT_k.json`, element i of file k being the completion for line k*1000+i). Every completion
   goes on with invented `Q:/A:` turns, so it is cut at the first blank line. `test` is CSQA's dev split.
+- CoS-E v1.11's human explanations for CSQA (`cose_{train,dev}_v1.11.jsonl`: `{id, explanation: {open-ended,
+  selected}}`): the free-text `open-ended` explanation becomes the rationale of one row per question, closed with
+  the official gold label, so a student trained on it sees a human's reason in the same format as a teacher's
+  chain. The file has no question text, so rows are joined by id to the official CSQA split.
 
 Answers are parsed and rationales cleaned by `formats`, as for sampled chains.
 """
@@ -45,6 +49,8 @@ class ImportReport:
     matches_gold: int = 0
     with_gold: int = 0
     notes: list[str] = field(default_factory=list)
+    #: reason -> rows of the source left out for it (reported, never dropped silently)
+    left_out: dict[str, int] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         out = [
@@ -54,6 +60,7 @@ class ImportReport:
         if self.with_gold:
             share = self.matches_gold / self.with_gold
             out.append(f"  match gold: {self.matches_gold} of {self.with_gold} ({share:.1%})")
+        out.extend(f"  left out: {count} ({reason})" for reason, count in self.left_out.items() if count)
         out.extend(f"  note: {n}" for n in self.notes)
         return out
 
@@ -268,4 +275,129 @@ def import_scotd_release(
     report.questions = len(next_index)
     if mismatched:
         report.notes.append(f"{mismatched} chains whose prompt question differs from {task} {split} at their index")
+    return rows, report
+
+
+# --- CoS-E v1.11 human explanations ------------------------------------------------------------------------------
+
+COSE_DIRNAME = "cose_v1.11"
+COSE_TEACHER = "human:cose-v1.11"
+COSE_PROMPT_VERSION = "cose-v1.11-open-ended"
+COSE_FILES = {"train": "cose_train_v1.11.jsonl", "validation": "cose_dev_v1.11.jsonl"}
+COSE_SPLITS = {"train": "train", "validation": "validation", "dev": "validation"}
+
+
+def find_cose_file(path: str | os.PathLike | None, split: str) -> Path:
+    """The CoS-E file of `split`: `path` itself when it is a file; else `<path>/cose_v1.11/...` or `<path>/...` (a
+    data folder or the CoS-E folder); without `path`, under $SCOTD_DATA_DIR."""
+    name = COSE_FILES[COSE_SPLITS[split]]
+    if path is not None and Path(path).is_file():
+        return Path(path)
+    roots = [Path(path)] if path is not None else (
+        [Path(os.environ["SCOTD_DATA_DIR"])] if os.environ.get("SCOTD_DATA_DIR") else [])
+    candidates = [c for root in roots for c in (root / COSE_DIRNAME / name, root / name)]
+    for c in candidates:
+        if c.is_file():
+            return c
+    where = f" at {', '.join(map(str, candidates))}" if candidates else ""
+    raise ScotdError(f"no CoS-E v1.11 file {name}{where}; pass its path or folder, or set SCOTD_DATA_DIR / --data-dir")
+
+
+def _cose_explanation(rec: dict, path: Path, lineno: int) -> tuple[str, str]:
+    """(id, open-ended explanation) of one CoS-E line; anything else is a `DataFormatError` naming the field."""
+    qid = rec.get("id")
+    if not isinstance(qid, str) or not qid:
+        raise DataFormatError(path, lineno, "id", "missing" if qid is None else f"expected a non-empty string, got {qid!r}")
+    explanation = rec.get("explanation")
+    if not isinstance(explanation, dict):
+        raise DataFormatError(path, lineno, "explanation",
+                              "missing" if explanation is None else "expected an object with 'open-ended'")
+    text = explanation.get("open-ended")
+    if not isinstance(text, str):
+        raise DataFormatError(path, lineno, "explanation.open-ended",
+                              "missing" if text is None else f"expected a string, got {type(text).__name__}")
+    return qid, text
+
+
+def _cose_stated_answer(rec: dict, choices, path: Path, lineno: int) -> str | None:
+    """The answer a CoS-E line states, as a label, where it states one. v1.11 lines have none; the v1.0 release
+    and hand-made files carry `answer` (a choice text or a label), which must then agree with the CSQA key."""
+    said = rec.get("answer")
+    if said is None:
+        return None
+    if not isinstance(said, str):
+        raise DataFormatError(path, lineno, "answer", f"expected a string, got {type(said).__name__}")
+    by_text = [label for label, text in choices if _norm(text) == _norm(said)]
+    if len(by_text) == 1:
+        return by_text[0]
+    try:
+        return formats.normalize_label(said)
+    except ValueError:
+        raise DataFormatError(path, lineno, "answer", f"{said!r} is neither a choice text nor a label") from None
+
+
+def import_cose(
+    path: str | os.PathLike | None = None, split: str = "train", examples=None, only_ids=None
+) -> tuple[list[CorpusRow], ImportReport]:
+    """One row per CoS-E question: the human `open-ended` explanation as the rationale, the official CSQA gold
+    label as the answer (so the target is `{explanation} So the answer is: (x)`, built by `formats`).
+
+    `examples` is the official CSQA split the file explains (required: CoS-E has ids and explanations only).
+    `only_ids` keeps the questions of another corpus (the PaLM arm's answer-filtered questions), so the human and
+    the machine arm train on the same questions. Left out, and counted in the report: explanations that leave no
+    rationale, ids not in that split, ids outside `only_ids`, repeated ids, and lines that state an answer other
+    than the gold one."""
+    if split not in COSE_SPLITS:
+        raise ScotdError(f"CoS-E split must be train or validation (CSQA dev), got {split!r}")
+    if examples is None:
+        raise ScotdError("CoS-E needs the official CSQA questions to join to (--data-dir / SCOTD_DATA_DIR or the hub)")
+    source = find_cose_file(path, split)
+    official = {ex.id: ex for ex in examples}
+    report = ImportReport(source=f"CoS-E v1.11 {source.name} (human open-ended explanations)")
+    not_in_split = f"id not in CSQA {COSE_SPLITS[split]}"
+    # formats.clean_rationale cuts at "the answer is": an explanation that opens with it leaves no rationale
+    no_rationale = "no rationale (empty, or nothing before 'the answer is')"
+    not_wanted = "not among the questions asked for"
+    skipped = dict.fromkeys([no_rationale, not_in_split, not_wanted, "repeated id", "no gold label in CSQA",
+                             "stated answer differs from the CSQA key"], 0)
+    rows: list[CorpusRow] = []
+    seen: set[str] = set()
+    for lineno, rec in read_jsonl(source):  # the whole file is read (and checked) before any row is built
+        qid, text = _cose_explanation(rec, source, lineno)
+        ex = official.get(qid)
+        stated = _cose_stated_answer(rec, ex.choices, source, lineno) if ex is not None else None
+        rationale = formats.clean_rationale(text)
+        if ex is None:
+            reason = not_in_split
+        elif only_ids is not None and qid not in only_ids:
+            reason = not_wanted
+        elif qid in seen:
+            reason = "repeated id"
+        elif not rationale:
+            reason = no_rationale
+        elif ex.answer is None:
+            reason = "no gold label in CSQA"
+        elif stated not in (None, ex.answer):
+            reason = "stated answer differs from the CSQA key"
+        else:
+            reason = None
+        if reason is not None:
+            skipped[reason] += 1
+            continue
+        seen.add(qid)
+        row = CorpusRow(
+            task="csqa", id=qid, sample_index=0, question=ex.question, choices=[list(c) for c in ex.choices],
+            answer=ex.answer, rationale=rationale, prediction=ex.answer, correct=True, teacher=COSE_TEACHER,
+            prompt_version=COSE_PROMPT_VERSION, raw=text,
+            extra={"split": COSE_SPLITS[split], "source": "cose-v1.11", "selected": rec["explanation"].get("selected")},
+        )
+        report.count(row)
+        rows.append(row)
+    report.questions = len(rows)
+    report.left_out = skipped
+    wanted = official.keys() if only_ids is None else official.keys() & set(only_ids)
+    missing = len(wanted) - len(seen)
+    if missing:
+        of = f"CSQA {COSE_SPLITS[split]} questions" + (" asked for" if only_ids is not None else "")
+        report.notes.append(f"{missing} of {len(wanted)} {of} have no CoS-E row kept")
     return rows, report

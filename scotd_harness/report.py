@@ -1,8 +1,11 @@
 """`scotd report`: one readable page (report.md), plots and a rating sheet from pipeline run directories.
 
 It only reads what the stages wrote (stages.json, eval/*/results.json and samples, the corpus, the ONNX
-student's scotd.json); it runs no model. Given several runs that differ only in chains per question (n), it
-also draws accuracy against n, the paper's main figure.
+student's scotd.json); it runs no model. Every evaluated arm (eval/<arm>/) is one group of rows, side by side: each
+accuracy with its Wilson interval, each distilled arm against its label-only arm with McNemar's exact test on the
+same questions, and the failure flags of `stats.check_run`, so a broken baseline is never tabled as a result.
+Given several runs that differ only in chains per question (n), it also draws accuracy against n, the paper's main
+figure.
 """
 
 from __future__ import annotations
@@ -15,11 +18,22 @@ from pathlib import Path
 
 from . import atomic
 from .errors import ScotdError
+from .eval_samples import read_outcomes
 from .jsonl import iter_jsonl, read_json
+from .stats import check_run, mcnemar, wilson_interval
 
-#: report row order and labels
+#: report row order and labels; other arms the evaluate stage writes (eval/<name>/, e.g. a 2k-question run) follow
+#: in name order, labelled by their folder name
 MODEL_LABELS = {"teacher": "teacher (few-shot CoT)", "undistilled": "student, undistilled", "label_only":
-                "student, label-only fine-tuned", "scotd": "student, SCoTD-distilled"}
+                "student, label-only fine-tuned", "cose": "student, CoS-E human explanations",
+                "scotd": "student, SCoTD-distilled"}
+#: models that are not a distilled arm: no paired test against label-only
+BASELINES = ("teacher", "undistilled", "label_only")
+#: rows no training of this run produced: never flagged as failed runs
+UNTRAINED = ("teacher", "undistilled")
+#: task-name suffixes of the variants of one task (`scotd_csqa_direct` pairs with `scotd_csqa` questions)
+TASK_VARIANTS = ("_direct", "_sc", "_fewshot")
+CONFIDENCE = 0.95
 
 
 def load_run(root: str | os.PathLike) -> dict:
@@ -30,42 +44,175 @@ def load_run(root: str | os.PathLike) -> dict:
     return {"root": root, "config": read_json(root / "config.json"), "stages": state}
 
 
+def evaluated_models(run: dict) -> list[str]:
+    """The eval/<model>/ folders holding results, known models first in report order, then the others by name."""
+    folder = run["root"] / "eval"
+    found = {p.parent.name for p in folder.glob("*/results.json")} if folder.is_dir() else set()
+    return [m for m in MODEL_LABELS if m in found] + sorted(found - set(MODEL_LABELS))
+
+
+def model_label(model: str) -> str:
+    return MODEL_LABELS.get(model, f"student, {model}")
+
+
+def base_task(task: str) -> str:
+    for suffix in TASK_VARIANTS:
+        if task.endswith(suffix):
+            return task.removesuffix(suffix)
+    return task
+
+
+def _loss_values(history) -> list[float] | None:
+    """Dev losses as floats, from a list of losses or of [step, loss] pairs (as bench/distill_csqa.py records)."""
+    if not isinstance(history, list) or not history:
+        return None
+    return [float(h[-1]) if isinstance(h, (list, tuple)) else float(h) for h in history]
+
+
+def eval_losses(run: dict, model: str) -> list[float] | None:
+    """The dev losses of a trained arm, in training order: `result.eval_losses` (or `dev_loss_history`) in its
+    scotd.json where training recorded them, else the Trainer's `log_history` (trainer_state.json); None for a
+    model trained without a dev slice, or not trained in this run."""
+    student = run["root"] / "students" / model
+    meta = student / "scotd.json"
+    if meta.is_file():
+        result = read_json(meta).get("result") or {}
+        losses = _loss_values(result.get("eval_losses")) or _loss_values(result.get("dev_loss_history"))
+        if losses:
+            return losses
+    state = student / "trainer_state.json"
+    if state.is_file():
+        return _loss_values([h["eval_loss"] for h in read_json(state).get("log_history", []) if "eval_loss" in h])
+    return None
+
+
 def accuracy_rows(run: dict) -> list[dict]:
-    """One row per (model, task, filter) from the evaluate stage's lm-eval results."""
+    """One row per (model, task, filter) from the evaluate stage's lm-eval results, with the statistics the logged
+    samples allow: n, a Wilson interval, the most common answer and the failure flags, and for a distilled arm
+    McNemar's test against the label-only student on the same questions."""
     rows = []
-    for model in MODEL_LABELS:
-        path = run["root"] / "eval" / model / "results.json"
-        if not path.is_file():
-            continue
-        results = read_json(path).get("results", {})
-        for task, metrics in results.items():
+    outcomes_by_model = {}
+    for model in evaluated_models(run):
+        folder = run["root"] / "eval" / model
+        results = read_json(folder / "results.json")
+        outcomes_by_model[model] = outcomes = read_outcomes(folder)
+        losses = eval_losses(run, model)
+        for task, metrics in results.get("results", {}).items():
             for key, value in metrics.items():
                 metric, _, flt = key.partition(",")
                 if metric != "acc" or not isinstance(value, (int, float)):
                     continue
-                rows.append({
-                    "model": model, "task": task, "filter": flt or "none", "acc": float(value),
-                    "stderr": metrics.get(f"acc_stderr,{flt}"),
-                    "invalid_rate": metrics.get(f"invalid_rate,{flt}"),
-                })
+                flt = flt or "none"
+                row = {
+                    "model": model, "label": model_label(model), "task": task, "filter": flt, "acc": float(value),
+                    "stderr": metrics.get(f"acc_stderr,{flt}"), "invalid_rate": metrics.get(f"invalid_rate,{flt}"),
+                    "sampling": _sampling(results, task),
+                }
+                row.update(_interval_and_check(outcomes.get((task, flt)), float(value),
+                                               (results.get("n-samples") or {}).get(task, {}).get("effective"), losses))
+                if model in UNTRAINED:  # a collapsed answer share describes them; "failed" is for training runs
+                    row["failed"] = False
+                rows.append(row)
+    for row in rows:
+        row["vs_label_only"] = _paired_with_label_only(row, rows, outcomes_by_model)
     return rows
+
+
+def _sampling(results: dict, task: str) -> dict | None:
+    """Chains per question and temperature of a sampled (self-consistency) task, from lm-eval's task config."""
+    config = (results.get("configs") or {}).get(task) or {}
+    repeats = config.get("repeats") or 1
+    if repeats <= 1:
+        return None
+    return {"chains": repeats, "temperature": (config.get("generation_kwargs") or {}).get("temperature")}
+
+
+def _decoding(row: dict) -> str:
+    """`maj@8 (16 chains, T=0.7)`: a vote names how its chains were sampled."""
+    s = row["sampling"]
+    return f"{row['filter']} ({s['chains']} chains, T={s['temperature']})" if s else row["filter"]
+
+
+def _interval_and_check(outcomes: dict | None, acc: float, n_results: int | None, losses) -> dict:
+    """n, correct and the Wilson interval (from the samples when logged, else from lm-eval's sample count), and the
+    failure check (the answer share needs the samples; the dev losses need training to have recorded them)."""
+    if outcomes:
+        n, correct = len(outcomes), sum(o.correct for o in outcomes.values())
+    elif n_results:
+        n, correct = int(n_results), round(acc * int(n_results))
+    else:
+        n = correct = None
+    low, high = wilson_interval(correct, n, CONFIDENCE) if n else (None, None)
+    check = check_run([o.prediction for o in outcomes.values()] if outcomes else [], losses)
+    return {"n": n, "correct": correct, "ci_low": low, "ci_high": high,
+            "most_common": check.most_common, "most_common_share": check.most_common_share if outcomes else None,
+            "eval_losses": losses, "flags": check.flags, "failed": check.failed}
+
+
+def label_only_for(model: str, models) -> str | None:
+    """The label-only arm a distilled arm is paired with: `label_only<suffix>` for an arm named `<x><suffix>` (the
+    2k-question `scotd_2k` with `label_only_2k`), the longest such suffix winning; else plain `label_only`."""
+    matches = [m for m in models if m.startswith("label_only_") and model.endswith(m.removeprefix("label_only"))]
+    if matches:
+        return max(matches, key=len)
+    return "label_only" if "label_only" in models else None
+
+
+def _paired_with_label_only(row: dict, rows: list[dict], outcomes_by_model: dict) -> dict | None:
+    """McNemar's exact test of a distilled arm's row against its label-only arm's row of the same task (any
+    variant), on the questions both answered; None for baselines, without a label-only arm or logged samples."""
+    if row["model"] in BASELINES or row["model"].startswith("label_only"):
+        return None
+    baseline = label_only_for(row["model"], outcomes_by_model)
+    others = [r for r in rows if r["model"] == baseline and base_task(r["task"]) == base_task(row["task"])]
+    others.sort(key=lambda r: not r["task"].endswith("_direct"))  # its own decoding (direct) first, stable otherwise
+    if not others:
+        return None
+    mine = outcomes_by_model[row["model"]].get((row["task"], row["filter"]))
+    theirs = outcomes_by_model[baseline].get((others[0]["task"], others[0]["filter"]))
+    common = [q for q in mine if q in theirs] if mine and theirs else []
+    if not common:
+        return None
+    paired = mcnemar([mine[q].correct for q in common], [theirs[q].correct for q in common])
+    return {"against": f"{baseline} {others[0]['task']} {others[0]['filter']}", "n": paired.n,
+            "arm_only": paired.only_a, "label_only_only": paired.only_b, "difference": paired.difference,
+            "p_value": paired.p_value}
 
 
 def _pct(x) -> str:
     return "" if x is None or isinstance(x, str) else f"{100 * x:.1f}"
 
 
+def _p(x: float) -> str:
+    return f"{x:.2g}" if x >= 1e-3 else f"{x:.1e}"
+
+
 def _accuracy_table(rows: list[dict]) -> str:
     if not rows:
         return "_No evaluation results in this run yet._\n"
-    out = ["| model | task | decoding | accuracy % | ± stderr | no answer % |", "|---|---|---|---:|---:|---:|"]
+    out = [("| model | task | decoding | n | accuracy % | 95% CI | no answer % | top answer % | vs label-only "
+           "(pts) | McNemar p | flag |"), "|---|---|---|---:|---:|---|---:|---:|---:|---:|---|"]
     for r in rows:
-        out.append(f"| {MODEL_LABELS[r['model']]} | {r['task']} | {r['filter']} | {_pct(r['acc'])} | "
-                   f"{_pct(r['stderr'])} | {_pct(r['invalid_rate'])} |")
+        ci = f"{_pct(r['ci_low'])}-{_pct(r['ci_high'])}" if r["ci_low"] is not None else ""
+        top = f"{_pct(r['most_common_share'])} ({r['most_common']})" if r["most_common_share"] is not None else ""
+        vs = r["vs_label_only"]
+        delta, p = (f"{100 * vs['difference']:+.1f}", _p(vs["p_value"])) if vs else ("", "")
+        flag = "**FAILED**: " + "; ".join(r["flags"]) if r["failed"] else ""
+        out.append(f"| {r['label']} | {r['task']} | {_decoding(r)} | {r['n'] or ''} | {_pct(r['acc'])} | {ci} | "
+                   f"{_pct(r['invalid_rate'])} | {top} | {delta} | {p} | {flag} |")
     return "\n".join(out) + "\n"
 
 
+STATS_NOTE = (
+    "95% CI: Wilson score interval. vs label-only: the arm's accuracy minus the label-only student's on the "
+    "questions both answered, with McNemar's exact test (two-sided binomial on the questions exactly one of them "
+    "gets right). FAILED: the most common answer covers more than 50% of the questions (a collapsed run), or the "
+    "last dev loss is above 1.5x the best (a diverged run); such a row measures a broken run, not the method.\n")
+
+
 def _plot_accuracy(rows: list[dict], path: Path) -> bool:
+    """Bars of every row with their Wilson intervals, each labelled with its accuracy and, for a distilled arm, its
+    McNemar p against label-only; failed runs hatched in grey."""
     if not rows:
         return False
     import matplotlib
@@ -74,12 +221,25 @@ def _plot_accuracy(rows: list[dict], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     labels = [f"{r['model']}\n{r['task'].removeprefix('scotd_')}\n{r['filter']}" for r in rows]
+    accs = [100 * r["acc"] for r in rows]
+    err = [[a - 100 * r["ci_low"] if r["ci_low"] is not None else 0 for a, r in zip(accs, rows)],
+           [100 * r["ci_high"] - a if r["ci_high"] is not None else 0 for a, r in zip(accs, rows)]]
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(rows)), 4))
-    ax.bar(range(len(rows)), [100 * r["acc"] for r in rows], color="#4C72B0")
+    bars = ax.bar(range(len(rows)), accs, yerr=err, capsize=4, ecolor="black",
+                  color=["#BBBBBB" if r["failed"] else "#4C72B0" for r in rows])
+    for bar, r, top in zip(bars, rows, err[1]):
+        if r["failed"]:
+            bar.set_hatch("//")
+        vs = r["vs_label_only"]
+        note = f"{100 * r['acc']:.1f}" + (f"\np={_p(vs['p_value'])}" if vs else "")
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + top + 1, note, ha="center", va="bottom",
+                fontsize=7)
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title("Accuracy by model and decoding")
+    ax.set_ylabel("accuracy (%), 95% Wilson interval")
+    ax.set_ylim(0, 110)  # room for the labels above a bar near 100 %
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_title("Accuracy by model and decoding" + (" (hatched: failed run)" if any(r["failed"] for r in rows) else ""),
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -168,8 +328,8 @@ def _sheet_html(rows: list[dict]) -> str:
 def _onnx_lines(meta: dict) -> list[str]:
     quant = meta.get("quantization") or {}
     what = f"{quant.get('bits')}-bit {quant.get('method')}" if quant else meta.get("dtype", "?")
-    lines = [f"Export: route `{meta.get('route')}`, {what}, {meta.get('size_mb')} MB, "
-             f"{meta.get('export_seconds')} s."]
+    lines = [(f"Export: route `{meta.get('route')}`, {what}, {meta.get('size_mb')} MB, "
+             f"{meta.get('export_seconds')} s.")]
     prompts = (meta.get("parity") or {}).get("prompts") or []
     if prompts:
         worst = max(p.get("max_abs_diff") or 0.0 for p in prompts)
@@ -201,13 +361,14 @@ DEMO_PREFACE = """> **Demonstration set, not a benchmark.** This run shows every
 
 
 def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -> Path:
-    """Write report.md, accuracy.png (and accuracy_vs_n.png for a sweep), rating_sheet.{csv,html} into `root`."""
+    """Write report.md, report.json (every row with its interval, paired test and flags), accuracy.png (and
+    accuracy_vs_n.png for a sweep), rating_sheet.{csv,html} into `root`."""
     run = load_run(root)
     out = run["root"]
     cfg = run["config"]
-    parts = [f"# SCoTD run report\n\nRun directory `{out.name}`: task **{cfg['task']}**, teacher `{cfg['teacher']}`, "
+    parts = [(f"# SCoTD run report\n\nRun directory `{out.name}`: task **{cfg['task']}**, teacher `{cfg['teacher']}`, "
              f"student `{cfg['student']}`, {cfg['n']} chains per question at temperature {cfg['temperature']}, "
-             f"filters {', '.join(cfg['filters'])}.\n"]
+             f"filters {', '.join(cfg['filters'])}.\n")]
     if cfg["task"] == "demo":
         parts.append(DEMO_PREFACE)
 
@@ -215,7 +376,11 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
         f"| {name} | {s.get('seconds', '')} | {s.get('finished', '')} |\n" for name, s in run["stages"].items()))
 
     rows = accuracy_rows(run)
-    parts.append("## Accuracy\n\n" + _accuracy_table(rows))
+    parts.append("## Accuracy\n\n" + _accuracy_table(rows) + ("\n" + STATS_NOTE if rows else ""))
+    failed = [r for r in rows if r["failed"]]
+    if failed:
+        parts.append("**Failed runs** (not evidence about the method): " + "; ".join(
+            f"{r['label']} on {r['task']} {r['filter']}: {', '.join(r['flags'])}" for r in failed) + ".\n")
     if _plot_accuracy(rows, out / "accuracy.png"):
         parts.append("![accuracy](accuracy.png)\n")
 
@@ -259,6 +424,9 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
         parts.append(f"## Human rating sheet\n\n`rating_sheet.csv` / `rating_sheet.html`: {len(sheet)} questions with "
                      f"the teacher's and the distilled student's rationales side by side.\n")
 
+    atomic.write_json(out / "report.json", {
+        "run": out.name, "config": cfg, "stages": run["stages"], "confidence": CONFIDENCE,
+        "interval": "wilson", "paired_test": "mcnemar-exact", "arms": rows})
     path = out / "report.md"
     atomic.write_text(path, "\n".join(parts))
     return path

@@ -594,6 +594,8 @@ def train(cfg: DistillConfig, callbacks: list | None = None) -> Path:
             "result": {"global_step": result.global_step, "train_loss": result.training_loss,
                        "best_checkpoint": os.path.basename(trainer.state.best_model_checkpoint or "") or None,
                        "best_dev_loss": trainer.state.best_metric,
+                       # the dev-loss curve, so a report can flag a run whose loss diverged
+                       "eval_losses": [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h],
                        "resumed_from": os.path.basename(resume or "") or None,
                        "wall_s": round(time.time() - started, 1)},
         }

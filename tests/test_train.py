@@ -292,6 +292,9 @@ def test_lora_is_merged_and_dev_set_keeps_the_best(tmp_path, corpus, tiny_llama)
     assert info["corpus"]["dev_questions"] >= 1
     assert info["result"]["best_checkpoint"] in ("checkpoint-2", "checkpoint-4")
     assert info["result"]["best_dev_loss"] is not None
+    # the dev-loss curve is kept (two evaluations: steps 2 and 4), its best is the best recorded
+    losses = info["result"]["eval_losses"]
+    assert len(losses) == 2 and min(losses) == pytest.approx(info["result"]["best_dev_loss"])
 
 
 def test_accelerate_launch_two_processes(tmp_path, corpus, tiny_llama):

@@ -59,37 +59,59 @@ def filter_cmd(corpus, out, filters, list_only, force):
 
 
 @command.command("import")
-@click.argument("fmt", metavar="FORMAT", type=click.Choice(["scotd-release", "distilling-step-by-step"]))
+@click.argument("fmt", metavar="FORMAT", type=click.Choice(["scotd-release", "distilling-step-by-step", "cose"]))
 @click.argument("source", required=False, type=click.Path(exists=True))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Corpus file to write.")
 @click.option("--task", default="csqa", show_default=True, help="scotd-release: the task the file samples.")
 @click.option("--split", default="train", show_default=True,
-              help="train; distilling-step-by-step also test (= CSQA dev).")
+              help="train; distilling-step-by-step also test (= CSQA dev); cose also validation (= CSQA dev).")
 @click.option("--teacher", "teacher_name", default="scotd-release", show_default=True,
               help="scotd-release: teacher name recorded in the rows.")
+@click.option("--same-questions", "same_questions", type=click.Path(exists=True, dir_okay=False),
+              help="cose: keep only the questions of this corpus (e.g. the answer-filtered PaLM chains), so both arms "
+                   "train on the same questions.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @data_dir_option
-def import_cmd(fmt, source, out, task, split, teacher_name, force, data_dir):
+def import_cmd(fmt, source, out, task, split, teacher_name, same_questions, force, data_dir):
     """Import a public rationale corpus SOURCE of FORMAT into OUT.
 
     \b
     scotd-release: a SCoTD release file (csqa_30x.json style), joined to TASK/SPLIT by index when the official
         files are at hand (--data-dir / $SCOTD_DATA_DIR).
     distilling-step-by-step: the folder with cqa_*.json and llm/ (default: under $SCOTD_DATA_DIR).
+    cose: CoS-E v1.11 human explanations (a cose_*_v1.11.jsonl file or its folder; default: cose_v1.11/ under
+        --data-dir / $SCOTD_DATA_DIR), one row per CSQA question (teacher human:cose-v1.11), joined by id to the
+        official CSQA split for the question and the gold label. Rows left out are counted in the output.
     """
-    from ..corpus import write_corpus
-    from ..corpus_import import DSS_SPLITS, import_distilling_step_by_step, import_scotd_release
+    from ..corpus import read_corpus, write_corpus
+    from ..corpus_import import (
+        COSE_SPLITS,
+        DSS_SPLITS,
+        find_cose_file,
+        import_cose,
+        import_distilling_step_by_step,
+        import_scotd_release,
+    )
     from ..datasets import load_examples
     from ..datasets.base import data_dir_from_env
     from ..errors import ScotdError
 
     _refuse_clobber(out, force)
+    if same_questions and fmt != "cose":
+        raise ScotdError("--same-questions applies to cose only")
     root = data_dir_from_env(data_dir)
     if fmt == "distilling-step-by-step":
         official = None
         if root is not None:
             official = load_examples("csqa", DSS_SPLITS.get(split, split), data_dir=root)
         rows, report = import_distilling_step_by_step(source or root, split, examples=official)
+    elif fmt == "cose":
+        if split not in COSE_SPLITS:
+            raise ScotdError(f"cose --split must be train or validation, got {split!r}")
+        cose_file = find_cose_file(source or root, split)  # named before the CSQA questions load (maybe the hub)
+        official = load_examples("csqa", COSE_SPLITS[split], data_dir=root)
+        only_ids = {row.id for row in read_corpus(same_questions)} if same_questions else None
+        rows, report = import_cose(cose_file, split, examples=official, only_ids=only_ids)
     else:
         if source is None:
             raise ScotdError("scotd-release needs the release file as SOURCE")

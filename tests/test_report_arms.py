@@ -1,0 +1,269 @@
+"""`scotd report` with several arms: Wilson intervals, McNemar against label-only, failure flags, report.json and
+the bar chart.
+
+The first tests build a run folder whose eval/ files have the layout lm-eval writes (results.json with `acc,<filter>`
+and `n-samples`; samples lines with doc, arguments, resps, filtered_resps, filter and the per-question `acc`, one
+line per question and filter), with per-question outcomes chosen by the test, so every count the report derives
+is known. The last test feeds the report real lm-eval output (`scotd eval` on a tiny student) to check that the
+reader fits what lm-eval writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from scotd_harness import formats
+from scotd_harness.cli import cli
+from scotd_harness.report import accuracy_rows, load_run, write_report
+from scotd_harness.stats import wilson_interval
+
+N = 40
+LABELS = "abcde"
+GOLD = [LABELS[i % 5] for i in range(N)]
+
+
+def _doc(i: int) -> dict:
+    choices = [[label, f"choice {label} of {i}"] for label in LABELS]
+    return {"task": "csqa", "id": f"q{i}", "split": "validation", "question": f"Question {i}?", "choices": choices,
+            "answer": GOLD[i]}
+
+
+def _wrong(i: int) -> str:
+    return LABELS[(i + 1) % 5]
+
+
+def _generative_line(i: int, label: str, flt: str = "greedy") -> dict:
+    doc = _doc(i)
+    text = formats.student_target(f"Because of {label}.", label) if label != formats.INVALID else " I do not know."
+    return {"doc_id": i, "doc": doc, "target": doc["answer"],
+            "arguments": [[formats.student_input(doc["question"], [tuple(c) for c in doc["choices"]]),
+                           {"until": list(formats.STOP_STRINGS), "do_sample": False, "temperature": 0.0}]],
+            "resps": [[text]], "filtered_resps": [label], "filter": flt, "metrics": ["acc", "invalid_rate"],
+            "doc_hash": "0", "prompt_hash": "0", "target_hash": "0",
+            "acc": float(label == doc["answer"]), "invalid_rate": float(label == formats.INVALID)}
+
+
+def _direct_line(i: int, label: str) -> dict:
+    """A multiple-choice (log-likelihood) sample: the chosen label gets the highest log-likelihood."""
+    doc = _doc(i)
+    prompt = formats.student_input(doc["question"], [tuple(c) for c in doc["choices"]])
+    lls = [[-1.0 if lab == label else -3.0 - k, lab == label] for k, lab in enumerate(LABELS)]
+    return {"doc_id": i, "doc": doc, "target": LABELS.index(doc["answer"]),
+            "arguments": [[prompt, formats.direct_target(lab)] for lab in LABELS], "resps": [[ll] for ll in lls],
+            "filtered_resps": lls, "filter": "none", "metrics": ["acc", "invalid_rate"], "doc_hash": "0",
+            "prompt_hash": "0", "target_hash": "0", "acc": float(label == doc["answer"]), "invalid_rate": 0.0}
+
+
+def _write_eval(run, model: str, tasks: dict[str, dict[str, list[dict]]], samples: bool = True) -> None:
+    """tasks: task -> filter -> sample lines; results.json aggregates them the way lm-eval does, with the task
+    configs' `repeats` and sampling temperature (16 chains at 0.7 for the `_sc` tasks)."""
+    folder = run / "eval" / model
+    folder.mkdir(parents=True)
+    results, n_samples = {}, {}
+    configs = {task: {"task": task, "repeats": 16 if task.endswith("_sc") else 1,
+                      "generation_kwargs": {"temperature": 0.7 if task.endswith("_sc") else 0.0}} for task in tasks}
+    for task, by_filter in tasks.items():
+        metrics = {"name": task, "alias": task}
+        for flt, lines in by_filter.items():
+            acc = sum(line["acc"] for line in lines) / len(lines)
+            metrics[f"acc,{flt}"] = acc
+            metrics[f"acc_stderr,{flt}"] = math.sqrt(acc * (1 - acc) / (len(lines) - 1))
+            metrics[f"invalid_rate,{flt}"] = sum(line["invalid_rate"] for line in lines) / len(lines)
+        results[task] = metrics
+        n_samples[task] = {"original": N, "effective": len(next(iter(by_filter.values())))}
+        if samples:
+            text = "".join(json.dumps(line) + "\n" for lines in by_filter.values() for line in lines)
+            (folder / f"samples_{task}.jsonl").write_text(text)
+    (folder / "results.json").write_text(json.dumps({"results": results, "configs": configs, "n-samples": n_samples}))
+
+
+#: per-question correctness chosen for each arm (question index -> right?)
+LABEL_ONLY_RIGHT = set(range(12))
+SCOTD_RIGHT = set(range(4, 30))
+
+
+def _answers(right: set[int]) -> list[str]:
+    return [GOLD[i] if i in right else _wrong(i) for i in range(N)]
+
+
+@pytest.fixture
+def arms_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"task": "csqa", "teacher": "openai:x", "student": "facebook/opt-1.3b",
+                                                 "n": 1, "temperature": 1.0, "filters": ["correct"]}))
+    (run / "stages.json").write_text(json.dumps({"stages": {"evaluate": {"seconds": 1.0, "finished": "now"}}}))
+    undistilled = [formats.INVALID] * (N - 3) + [GOLD[N - 3], GOLD[N - 2], _wrong(N - 1)]
+    _write_eval(run, "undistilled", {"scotd_csqa": {"greedy": [_generative_line(i, a) for i, a in enumerate(undistilled)]}})
+    _write_eval(run, "label_only", {"scotd_csqa_direct": {
+        "none": [_direct_line(i, a) for i, a in enumerate(_answers(LABEL_ONLY_RIGHT))]}})
+    sc_n = _answers(set(range(34)))
+    sc_8 = _answers(set(range(2, 33)))
+    _write_eval(run, "scotd", {
+        "scotd_csqa": {"greedy": [_generative_line(i, a) for i, a in enumerate(_answers(SCOTD_RIGHT))]},
+        "scotd_csqa_sc": {"maj@N": [_generative_line(i, a, "maj@N") for i, a in enumerate(sc_n)],
+                          "maj@8": [_generative_line(i, a, "maj@8") for i, a in enumerate(sc_8)]}})
+    # the CoS-E arm collapsed to (d); the label-only student's dev loss diverged
+    _write_eval(run, "cose", {"scotd_csqa": {"greedy": [_generative_line(i, "d") for i in range(N)]}})
+    (run / "students" / "label_only").mkdir(parents=True)
+    (run / "students" / "label_only" / "scotd.json").write_text(json.dumps({"result": {"eval_losses": [2.0, 1.0, 1.7]}}))
+    # a healthy arm whose dev losses come as the Trainer's log history ([step, loss] pairs work too)
+    (run / "students" / "scotd").mkdir(parents=True)
+    (run / "students" / "scotd" / "trainer_state.json").write_text(json.dumps({"log_history": [
+        {"loss": 2.5, "step": 10}, {"eval_loss": 1.2, "step": 10}, {"eval_loss": 0.9, "step": 20},
+        {"eval_loss": 1.0, "step": 30}]}))
+    return run
+
+
+def _row(rows, model, task, flt):
+    (row,) = [r for r in rows if (r["model"], r["task"], r["filter"]) == (model, task, flt)]
+    return row
+
+
+def _exact_two_sided(b: int, c: int) -> float:
+    return min(1.0, 2 * sum(math.comb(b + c, k) for k in range(min(b, c) + 1)) / 2 ** (b + c))
+
+
+def test_rows_carry_intervals_paired_tests_and_flags(arms_run):
+    rows = accuracy_rows(load_run(arms_run))
+    assert [r["model"] for r in rows] == ["undistilled", "label_only", "cose", "scotd", "scotd", "scotd"]
+
+    scotd = _row(rows, "scotd", "scotd_csqa", "greedy")
+    assert (scotd["n"], scotd["correct"]) == (N, len(SCOTD_RIGHT))
+    assert (scotd["ci_low"], scotd["ci_high"]) == wilson_interval(len(SCOTD_RIGHT), N)
+    assert scotd["ci_low"] < scotd["acc"] < scotd["ci_high"]
+    vs = scotd["vs_label_only"]
+    only_scotd, only_label = len(SCOTD_RIGHT - LABEL_ONLY_RIGHT), len(LABEL_ONLY_RIGHT - SCOTD_RIGHT)
+    assert (vs["n"], vs["arm_only"], vs["label_only_only"]) == (N, only_scotd, only_label) == (N, 18, 4)
+    assert vs["p_value"] == pytest.approx(_exact_two_sided(18, 4)) and vs["p_value"] < 0.01
+    assert vs["difference"] == pytest.approx((len(SCOTD_RIGHT) - len(LABEL_ONLY_RIGHT)) / N)
+    assert vs["against"] == "label_only scotd_csqa_direct none" and not scotd["failed"]
+    assert scotd["eval_losses"] == [1.2, 0.9, 1.0]
+
+    # the two self-consistency filters of one samples file are told apart
+    maj_n, maj_8 = _row(rows, "scotd", "scotd_csqa_sc", "maj@N"), _row(rows, "scotd", "scotd_csqa_sc", "maj@8")
+    assert (maj_n["correct"], maj_8["correct"]) == (34, 31)
+    assert maj_n["sampling"] == {"chains": 16, "temperature": 0.7} and scotd["sampling"] is None
+    assert maj_n["vs_label_only"]["arm_only"] == 34 - 12 and maj_8["vs_label_only"]["label_only_only"] == 2
+
+    # the label-only student's answer comes from its log-likelihoods; its dev loss diverged
+    label_only = _row(rows, "label_only", "scotd_csqa_direct", "none")
+    assert label_only["correct"] == len(LABEL_ONLY_RIGHT) and label_only["vs_label_only"] is None
+    assert label_only["failed"] and label_only["flags"] == ["diverged: last dev loss 1.7 > 1.5x the best 1"]
+
+    cose = _row(rows, "cose", "scotd_csqa", "greedy")
+    assert cose["failed"] and (cose["most_common"], cose["most_common_share"]) == ("d", 1.0)
+    assert cose["flags"] == [f"collapsed: answers d on 100% of {N} questions"]
+    assert cose["vs_label_only"]["n"] == N  # a failed arm is still compared, and flagged beside its p-value
+
+    undistilled = _row(rows, "undistilled", "scotd_csqa", "greedy")
+    # the collapse shows in its row, but only a training run is flagged as failed
+    assert undistilled["most_common"] == formats.INVALID and undistilled["flags"] and not undistilled["failed"]
+    assert undistilled["vs_label_only"] is None and undistilled["correct"] == 2
+
+
+def test_an_arm_pairs_with_the_label_only_arm_of_its_size(arms_run):
+    """`scotd_2k` is tested against `label_only_2k`, not against the full-corpus `label_only`."""
+    shutil.copytree(arms_run / "eval" / "scotd", arms_run / "eval" / "scotd_2k")
+    _write_eval(arms_run, "label_only_2k", {"scotd_csqa_direct": {"none": [_direct_line(i, GOLD[i]) for i in range(N)]}})
+    (arms_run / "students" / "label_only_2k").mkdir()
+    (arms_run / "students" / "label_only_2k" / "scotd.json").write_text(json.dumps(
+        {"result": {"dev_loss_history": [[100, 0.4], [200, 0.3], [300, 0.5]]}}))  # [step, loss] pairs
+    rows = accuracy_rows(load_run(arms_run))
+    assert [r["model"] for r in rows][-4:] == ["label_only_2k", "scotd_2k", "scotd_2k", "scotd_2k"]
+    vs = _row(rows, "scotd_2k", "scotd_csqa", "greedy")["vs_label_only"]
+    assert vs["against"] == "label_only_2k scotd_csqa_direct none"
+    assert (vs["arm_only"], vs["label_only_only"]) == (0, N - len(SCOTD_RIGHT))
+    label_only_2k = _row(rows, "label_only_2k", "scotd_csqa_direct", "none")
+    assert label_only_2k["vs_label_only"] is None and label_only_2k["eval_losses"] == [0.4, 0.3, 0.5]
+    assert label_only_2k["flags"] == ["diverged: last dev loss 0.5 > 1.5x the best 0.3"]
+    assert _row(rows, "scotd", "scotd_csqa", "greedy")["vs_label_only"]["against"].startswith("label_only scotd_csqa")
+
+
+def test_report_files(arms_run):
+    res = CliRunner().invoke(cli, ["report", str(arms_run)])
+    assert res.exit_code == 0, res.output
+    report = (arms_run / "report.md").read_text()
+    low, high = wilson_interval(len(SCOTD_RIGHT), N)
+    p = _exact_two_sided(18, 4)
+    assert (f"| student, SCoTD-distilled | scotd_csqa | greedy | {N} | {100 * len(SCOTD_RIGHT) / N:.1f} | "
+            f"{100 * low:.1f}-{100 * high:.1f} | 0.0 |") in report
+    assert f"| +{100 * 14 / N:.1f} | {p:.2g} |  |" in report
+    assert "| student, CoS-E human explanations | scotd_csqa | greedy |" in report
+    assert "**FAILED**: collapsed: answers d on 100% of 40 questions" in report
+    assert "**Failed runs** (not evidence about the method)" in report and "Wilson score interval" in report
+    assert "| scotd_csqa_sc | maj@8 (16 chains, T=0.7) | 40 |" in report
+
+    data = json.loads((arms_run / "report.json").read_text())
+    assert data["interval"] == "wilson" and data["paired_test"] == "mcnemar-exact" and data["confidence"] == 0.95
+    assert [(a["model"], a["task"], a["filter"]) for a in data["arms"]] == [
+        (r["model"], r["task"], r["filter"]) for r in accuracy_rows(load_run(arms_run))]
+    png = (arms_run / "accuracy.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+def test_without_samples_the_interval_comes_from_lm_evals_count(arms_run):
+    shutil.rmtree(arms_run / "eval")
+    _write_eval(arms_run, "scotd", {"scotd_csqa": {"greedy": [_generative_line(i, a) for i, a in
+                                                              enumerate(_answers(SCOTD_RIGHT))]}}, samples=False)
+    (row,) = accuracy_rows(load_run(arms_run))
+    assert (row["n"], row["correct"]) == (N, len(SCOTD_RIGHT)) and row["ci_low"] is not None
+    assert row["most_common_share"] is None and row["vs_label_only"] is None and not row["failed"]
+    write_report(arms_run)
+    assert f"| {N} | {100 * len(SCOTD_RIGHT) / N:.1f} |" in (arms_run / "report.md").read_text()
+
+
+def test_a_broken_samples_line_is_named(arms_run):
+    path = arms_run / "eval" / "scotd" / "samples_scotd_csqa.jsonl"
+    lines = path.read_text().splitlines()
+    bad = json.loads(lines[2])
+    del bad["acc"]
+    lines[2] = json.dumps(bad)
+    path.write_text("\n".join(lines) + "\n")
+    res = CliRunner().invoke(cli, ["report", str(arms_run)])
+    assert res.exit_code == 1 and f"{path}:3: field 'acc'" in res.output and "Traceback" not in res.output
+    assert not (arms_run / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_reads_what_lm_eval_writes(tmp_path, embedded_model_dir):
+    """Real lm-eval output: a tiny random student on 5 questions of the built-in demo set, greedy CoT and direct in
+    one evaluation (one model load), its folder used as two arms. The report's counts equal the per-question
+    results of lm-eval's own samples files, and the generative and the log-likelihood task key the same questions,
+    so a CoT arm pairs with a direct label-only arm."""
+    from tiny_students import make_tiny_student
+
+    from scotd_harness.eval_samples import read_outcomes
+    from scotd_harness.evaluate import evaluate
+
+    student = make_tiny_student("llama", tmp_path / "tiny", embedded_model_dir)
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"task": "demo", "teacher": "hf:embedded", "student": "embedded",
+                                                 "n": 1, "temperature": 1.0, "filters": ["all"]}))
+    evaluate(str(student), ["scotd_demo", "scotd_demo_direct"], limit=5, batch_size=5,
+             output_dir=run / "eval" / "label_only", split="validation", log_samples=True, max_gen_toks=8)
+    shutil.copytree(run / "eval" / "label_only", run / "eval" / "scotd")
+
+    outcomes = read_outcomes(run / "eval" / "scotd")
+    assert set(outcomes) == {("scotd_demo", "greedy"), ("scotd_demo_direct", "none")}
+    assert set(outcomes["scotd_demo", "greedy"]) == set(outcomes["scotd_demo_direct", "none"])
+    rows = {(r["model"], r["task"]): r for r in accuracy_rows(load_run(run))}
+    for task in ("scotd_demo", "scotd_demo_direct"):
+        logged = [json.loads(line) for line in (run / "eval" / "scotd" / f"samples_{task}.jsonl").read_text().splitlines()]
+        row = rows["scotd", task]
+        assert row["n"] == len(logged) == 5 and row["correct"] == sum(line["acc"] for line in logged)
+        assert row["acc"] == pytest.approx(row["correct"] / 5)
+        assert row["most_common"] in (*"abcde", formats.INVALID)
+    # the direct task's answer is its likeliest choice, read from the logged log-likelihoods
+    direct = [json.loads(line) for line in (run / "eval" / "scotd" / "samples_scotd_demo_direct.jsonl").open()]
+    assert [o.prediction for o in outcomes["scotd_demo_direct", "none"].values()] == [
+        line["doc"]["choices"][max(range(5), key=lambda i: line["filtered_resps"][i][0])][0] for line in direct]
+    vs = rows["scotd", "scotd_demo"]["vs_label_only"]
+    assert vs["n"] == 5 and vs["against"] == "label_only scotd_demo_direct none"  # label-only's own decoding
+    assert write_report(run).is_file() and (run / "report.json").is_file()
