@@ -246,18 +246,21 @@ class OnnxStudent:
         return cache.prefill(rows, keep_all=True)
 
     def prompt_logprobs(self, rows: list[list[int]], top: int = 0) -> list[PromptScores]:
-        """Each prompt token's log-prob given the tokens before it, as OpenAI's `echo` returns them."""
+        """Each prompt token's log-prob given the tokens before it, as OpenAI's `echo` returns them. The chosen
+        tokens' values and the top ones are read from the same array, so a token that is the most likely shows
+        exactly the top value (lm-eval's `is_greedy` compares them with ==)."""
         scores = []
         for ids, logits in zip(rows, self.forward_logits(rows)):
             lsm = _log_softmax(logits)
-            token_lps: list[float | None] = [None]
-            tops: list[dict[int, float] | None] = [None]
-            for i in range(1, len(ids)):
-                token_lps.append(float(lsm[i - 1, ids[i]]))
-                if top > 0:
-                    best = np.argpartition(-lsm[i - 1], top)[:top]
-                    tops.append({int(t): float(lsm[i - 1, t]) for t in best})
-            scores.append(PromptScores(token_lps, tops if top > 0 else [None] * len(ids), lsm[-1]))
+            before = lsm[:-1]  # position i - 1 predicts token i
+            token_lps: list[float | None] = [None, *before[np.arange(len(ids) - 1), ids[1:]].tolist()]
+            tops: list[dict[int, float] | None] = [None] * len(ids)
+            if top > 0 and len(ids) > 1:
+                k = min(top, lsm.shape[-1])
+                best = before.argmax(axis=-1)[:, None] if k == 1 else np.argpartition(-before, k - 1, axis=-1)[:, :k]
+                values = np.take_along_axis(before, best, axis=-1)
+                tops[1:] = [dict(zip(b.tolist(), v.tolist())) for b, v in zip(best, values)]
+            scores.append(PromptScores(token_lps, tops, lsm[-1]))
         return scores
 
     # ----------------------------------------------------------------------------------------------- decoding

@@ -45,7 +45,7 @@ class Delta:
 
     index: int  # prompt i, chain j -> i * n + j
     text: str  # new since this choice's last Delta; never part of a stop string
-    token_ids: list[int]
+    token_ids: list[int]  # the tokens decoded since the last Delta (held-back text's tokens included)
     finish_reason: str | None = None  # set on a choice's last Delta
     generation: Generation | None = None  # the whole completion, on a choice's last Delta
 
@@ -79,7 +79,7 @@ class Ticket:
         self._loop = _running_loop()
         self._queue: asyncio.Queue | None = asyncio.Queue() if self._loop else None
         self._future: asyncio.Future | None = self._loop.create_future() if self._loop else None
-        self._sent: dict[int, int] = {}  # choice index -> characters of text handed out
+        self._sent: dict[int, tuple[int, int]] = {}  # choice index -> (characters, tokens) handed out
 
     # ------------------------------------------------------------------------------------------- timings
     @property
@@ -153,13 +153,15 @@ class Ticket:
             text = gen.text
         else:
             gen, text = None, _streamable(seq)
-        sent = self._sent.get(index, 0)
+        sent, sent_ids = self._sent.get(index, (0, 0))
         new = text[sent:] if len(text) >= sent else ""
-        self._sent[index] = max(sent, len(text))
+        ids = gen.token_ids if gen is not None else seq.out
         if gen is None and not new:
             return
+        self._sent[index] = (max(sent, len(text)), max(sent_ids, len(ids)))
         if self._queue is not None:
-            self._post(self._queue.put_nowait, Delta(index, new, [], seq.finish_reason if gen else None, gen))
+            delta = Delta(index, new, list(ids[sent_ids:]), seq.finish_reason if gen else None, gen)
+            self._post(self._queue.put_nowait, delta)
         if gen is not None:
             self.groups[index // self.n][index % self.n] = gen
             self._left -= 1

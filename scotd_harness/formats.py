@@ -89,8 +89,11 @@ def format_choices(choices: Choices) -> str:
     return "\n".join(f"({label}) {text}" for label, text in choices)
 
 
-def student_input(question: str, choices: Choices) -> str:
-    """The prompt a student sees, ending in 'A:' (the target starts with a space)."""
+def student_input(question: str, choices: Choices | None) -> str:
+    """The prompt a student sees, ending in 'A:' (the target starts with a space). Without choices (a chat
+    message that is an open question) the same frame without the "Answer Choices" block."""
+    if not choices:
+        return f"Q: {question.strip()}\nA:"
     return f"Q: {question.strip()}\nAnswer Choices:\n{format_choices(choices)}\nA:"
 
 

@@ -106,21 +106,26 @@ def free_port() -> int:
 def start_server(directory: Path, *extra: str, timeout: float = 120.0):
     """Start `scotd serve DIRECTORY` as a real subprocess on 127.0.0.1; returns (process, base URL) once ready.
 
-    Stop it with `stop_server(process)`."""
+    Its stderr (uvicorn's messages and the one log line per request) goes to a temporary file, `proc.log_path`,
+    rather than a pipe nobody reads, which a long test would fill until the server blocks; `server_log(proc)`
+    reads it. Stop it with `stop_server(process)`."""
     import subprocess
     import sys
+    import tempfile
     import time
     import urllib.request
 
     port = free_port()
     cmd = [sys.executable, "-c", "from scotd_harness.cli import cli; cli()", "serve", str(directory),
            "--port", str(port), "--threads", "2", *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with tempfile.NamedTemporaryFile("w+", prefix="scotd-serve-", suffix=".log", delete=False) as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    proc.log_path = Path(log.name)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"scotd serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+            raise RuntimeError(f"scotd serve exited with {proc.returncode}: {server_log(proc)[-2000:]}")
         try:
             with urllib.request.urlopen(url + "/health", timeout=2) as r:
                 if r.status == 200:
@@ -131,13 +136,21 @@ def start_server(directory: Path, *extra: str, timeout: float = 120.0):
     raise RuntimeError(f"scotd serve did not become ready within {timeout} s")
 
 
+def server_log(proc) -> str:
+    """What a server started by `start_server` has written to stderr so far."""
+    return proc.log_path.read_text(errors="replace")
+
+
 def stop_server(proc) -> None:
+    import subprocess
+
     proc.terminate()
     try:
         proc.wait(timeout=20)
-    except Exception:
+    except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    proc.log_path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

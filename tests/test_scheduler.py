@@ -96,15 +96,17 @@ def test_streamed_deltas_join_to_the_text_and_never_show_a_stop_string(student, 
 
     async def run(scheduler):
         ticket = scheduler.submit([csqa_rows[1]], config, n=1)
-        parts, last = [], None
+        parts, ids, last = [], [], None
         async for delta in ticket.deltas():
             parts.append(delta.text)
+            ids.extend(delta.token_ids)
             last = delta
-        return parts, last, await ticket.result()
+        return parts, ids, last, await ticket.result()
 
     with Scheduler(student, max_batch=2) as scheduler:
-        parts, last, groups = asyncio.run(run(scheduler))
+        parts, ids, last, groups = asyncio.run(run(scheduler))
     text = groups[0][0].text
+    assert ids[: len(groups[0][0].token_ids)] == groups[0][0].token_ids
     assert "".join(parts) == text and last.generation is not None and last.finish_reason == groups[0][0].finish_reason
     assert not any(stop in part for part in parts for stop in config.stop)
 
