@@ -12,8 +12,15 @@ Part `openai`: the `openai` backend against `scotd serve` on an ONNX export, com
 ceiling: the same export's runtime called in-process (`OnnxStudent.sample_n`, what the server runs per request),
 with no HTTP in between.
 
+Part `teachers`: the three local ways to sample from one teacher model, in one run, on the same questions with the
+same settings (N, temperature 1.0, max new tokens, seed, rows decoded together, threads): the `onnx:` backend on
+the embedded model's fp32 export, `scotd serve` on that export with the `openai` backend as its client, and the
+`hf` backend on the embedded model itself. It reports chains/s of each and the ratios `onnx:` / `hf` (the target
+is >= 5x) and `onnx:` / serve + openai (>= 1x).
+
     python bench/sample_throughput.py --part hf                       # N=8, 32 questions
     python bench/sample_throughput.py --part openai --onnx-dir DIR    # DIR from `scotd export embedded --out DIR`
+    python bench/sample_throughput.py --part teachers -n 16 --teacher-questions 16 --max-new-tokens 64
 
 Prints a table and writes bench/results/sample_throughput.json (and .md). Figures on a shared CPU are noisy; the
 load average at the start is recorded with them.
@@ -131,13 +138,16 @@ def _free_port() -> int:
 
 
 def part_openai(args) -> dict:
-    from scotd_harness import formats
     from scotd_harness.export.runtime import GenerationConfig, OnnxStudent
+
+    from scotd_harness import formats
     from scotd_harness.teacher import Completion
     from scotd_harness.teacher.openai_backend import OpenAITeacher
 
-    if not args.onnx_dir:
-        raise SystemExit("--part openai needs --onnx-dir (an export: scotd export embedded --out DIR)")
+    if not args.onnx_dir:  # the embedded model's fp32 export the tests use (built once per machine if missing)
+        from bench_support import embedded_fp32
+
+        args.onnx_dir = str(embedded_fp32())
     prompts = load_prompts(args.openai_questions, args.num_exemplars)
     print(f"openai: {len(prompts)} questions x N={args.n}, max_new_tokens {args.max_new_tokens}, "
           f"server threads {args.threads}", flush=True)
@@ -190,10 +200,111 @@ def part_openai(args) -> dict:
             "repeats": args.repeats, "rows": rows, "ratio_backend_over_server": round(ratio, 2)}
 
 
+def _start_serve(onnx_dir, threads: int, max_batch: int, max_context: int):
+    """`scotd serve` as a subprocess on a free loopback port; returns (process, base URL) once /health answers."""
+    port = _free_port()
+    cmd = [sys.executable, "-c", "from scotd_harness.cli import cli; cli()", "serve", str(onnx_dir), "--port",
+           str(port), "--threads", str(threads), "--max-batch", str(max_batch), "--max-context", str(max_context),
+           "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(1200):
+        if proc.poll() is not None:
+            raise SystemExit(f"scotd serve exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                return proc, url
+        except OSError:
+            time.sleep(0.2)
+    proc.terminate()
+    raise SystemExit("scotd serve did not become ready in 4 minutes")
+
+
+def part_teachers(args) -> dict:
+    """onnx: vs hf vs scotd serve + openai: one teacher model, the same questions, N, tokens, seed, rows, threads."""
+    from bench_support import describe, embedded_fp32
+
+    from scotd_harness import formats
+    from scotd_harness.teacher.onnx_backend import OnnxTeacher
+    from scotd_harness.teacher.openai_backend import OpenAITeacher
+
+    onnx_dir = Path(args.onnx_dir) if args.onnx_dir else embedded_fp32()
+    threads = args.threads_teachers or os.cpu_count() or 1
+    prompts = load_prompts(args.teacher_questions, args.num_exemplars)
+    keys = [f"q{i}" for i in range(len(prompts))]
+    n, tokens, rows_cap = args.n, args.max_new_tokens, args.batch_rows
+    stop = formats.STOP_STRINGS
+
+    def load() -> list[float]:
+        return [round(x, 2) for x in os.getloadavg()]
+
+    print(f"teachers: {len(prompts)} questions x N={n}, max_new_tokens {tokens}, temperature 1.0, seed {args.seed}, "
+          f"{rows_cap} rows decoded together, {threads} threads; export {describe(onnx_dir)}", flush=True)
+    rows = []
+    # 1. onnx: in-process on the torch-free runtime
+    teacher = OnnxTeacher(str(onnx_dir), threads=threads, max_batch_rows=rows_cap, seed=args.seed)
+    longest = max(len(teacher.student.encode(p)) for p in prompts)
+    prompt_tokens = sum(len(teacher.student.encode(p)) for p in prompts)
+    teacher.sample(prompts[:1], 1, 1.0, 2, stop, keys=["warm-up"])  # first-run allocations, not counted
+    teacher.prefill_tokens = teacher.decode_steps = 0
+    started_load = load()
+    row = measure("onnx: backend (in-process runtime)",
+                  lambda: teacher.sample(prompts, n, 1.0, tokens, stop, keys=keys), len(prompts), n)
+    row.update(backend="onnx", prefill_tokens=teacher.prefill_tokens, decode_steps=teacher.decode_steps,
+               load_average_before=started_load)
+    rows.append(row)
+    teacher.close()
+    # 2. scotd serve on the same export, the openai backend as its client: enough requests in flight to fill the
+    # server's batch (a request holds its n chains' rows), its KV buffers sized to the longest prompt + tokens
+    concurrency = min(len(prompts), max(1, rows_cap // n) + 1)
+    proc, url = _start_serve(onnx_dir, threads, rows_cap, longest + tokens + 8)
+    try:
+        client = OpenAITeacher("student", api_base=url + "/v1", concurrency=concurrency, seed=args.seed)
+        client.sample(prompts[:1], 1, 1.0, 2, stop, keys=["warm-up"])
+        started_load = load()
+        row = measure(f"scotd serve + openai backend (c={concurrency})",
+                      lambda: client.sample(prompts, n, 1.0, tokens, stop, keys=keys), len(prompts), n)
+        row.update(backend="serve+openai", retries=client.retries, load_average_before=started_load)
+        rows.append(row)
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    # 3. hf: the same model as transformers weights (the export's source), shared prefill, the same rows
+    import torch
+
+    from scotd_harness.teacher.hf import HFTeacher
+
+    torch.set_num_threads(threads)
+    hf_prompts = prompts[: args.hf_questions] if args.hf_questions else prompts
+    hf = HFTeacher("embedded", device="cpu", seed=args.seed, max_batch_rows=rows_cap)
+    hf.sample(prompts[:1], 1, 1.0, 2, stop, keys=["warm-up"])
+    hf.prefill_tokens = hf.decode_steps = 0
+    started_load = load()
+    row = measure("hf backend (shared prefill)",
+                  lambda: hf.sample(hf_prompts, n, 1.0, tokens, stop, keys=keys[: len(hf_prompts)]),
+                  len(hf_prompts), n)
+    row.update(backend="hf", questions=len(hf_prompts), prefill_tokens=hf.prefill_tokens,
+               decode_steps=hf.decode_steps, load_average_before=started_load)
+    rows.append(row)
+    rate = {r["backend"]: r["chains_per_s"] for r in rows}
+    over_hf = rate["onnx"] / rate["hf"]
+    over_serve = rate["onnx"] / rate["serve+openai"]
+    print(f"  onnx: / hf: {over_hf:.2f}x chains/s (target >= 5x: {'met' if over_hf >= 5 else 'NOT met'}); "
+          f"onnx: / serve + openai: {over_serve:.2f}x (target >= 1x: {'met' if over_serve >= 1 else 'NOT met'})",
+          flush=True)
+    return {"questions": len(prompts), "n": n, "max_new_tokens": tokens, "temperature": 1.0, "seed": args.seed,
+            "num_exemplars": args.num_exemplars or "all", "prompt_tokens_mean": round(prompt_tokens / len(prompts), 1),
+            "rows_decoded_together": rows_cap, "threads": threads, "export": describe(onnx_dir),
+            "hf_model": "embedded (the export's source, float32)", "rows": rows,
+            "ratio_onnx_over_hf": round(over_hf, 2), "ratio_onnx_over_serve_openai": round(over_serve, 2),
+            "targets": {"onnx_over_hf": 5.0, "onnx_over_serve_openai": 1.0}}
+
+
 def write_markdown(result: dict, path: Path) -> None:
-    lines = ["# Teacher sampling throughput", "", f"Machine: {result['machine']}; load average at start "
-             f"{result['load_average']}.", ""]
-    for part in ("hf", "openai"):
+    lines = ["# Teacher sampling throughput", "", (f"Machine: {result['machine']}; load average at start "
+             f"{result['load_average']}."), ""]
+    for part in ("hf", "openai", "teachers"):
         if part not in result:
             continue
         r = result[part]
@@ -211,7 +322,7 @@ def write_markdown(result: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["hf", "openai", "all"], default="all")
+    ap.add_argument("--part", choices=["hf", "openai", "teachers", "all"], default="all")
     ap.add_argument("--questions", type=int, default=32)
     ap.add_argument("--openai-questions", type=int, default=8)
     ap.add_argument("-n", type=int, default=8)
@@ -227,21 +338,33 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="server / runtime threads")
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2, help="openai part: alternating runs of each mode")
+    ap.add_argument("--teacher-questions", type=int, default=16, help="teachers part: questions")
+    ap.add_argument("--hf-questions", type=int, default=None,
+                    help="teachers part: the hf backend on the first K questions only (it is the slow one); "
+                         "default: all of them")
+    ap.add_argument("--threads-teachers", type=int, default=None,
+                    help="teachers part: threads of every backend (onnxruntime intra-op, torch); default: all CPUs")
     ap.add_argument("--out", type=Path, default=RESULTS / "sample_throughput.json")
     args = ap.parse_args()
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads "
+    from bench_support import public_argv
+
+    result = {"command": ["python", "bench/sample_throughput.py", *public_argv(sys.argv[1:])],
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads "
                          f"{os.environ.get('OMP_NUM_THREADS', 'default')}",
               "load_average": [round(x, 2) for x in os.getloadavg()], "started": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                                 time.gmtime())}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.out.is_file():  # keep the other part's figures when one part is rerun
         previous = json.loads(args.out.read_text())
-        result.update({k: previous[k] for k in ("hf", "openai") if k in previous})
+        result.update({k: previous[k] for k in ("hf", "openai", "teachers") if k in previous})
     if args.part in ("hf", "all"):
         result["hf"] = part_hf(args)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     if args.part in ("openai", "all"):
         result["openai"] = part_openai(args)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.part in ("teachers", "all"):
+        result["teachers"] = part_teachers(args)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     write_markdown(result, args.out.with_suffix(".md"))
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")

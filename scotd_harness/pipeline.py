@@ -44,7 +44,7 @@ class PipelineConfig(BaseModel):
 
     #: dataset task of the registry (csqa, quarel, openbookqa, ..., or demo)
     task: str = "csqa"
-    #: teacher as BACKEND:MODEL (hf:embedded, hf:DIR_OR_HUB_ID, openai:MODEL)
+    #: teacher as BACKEND:MODEL (hf:embedded, hf:DIR_OR_HUB_ID, onnx:EXPORT_DIR, openai:MODEL)
     teacher: str = "hf:embedded"
     #: OpenAI-compatible endpoint for an openai teacher (the key comes from OPENAI_API_KEY)
     api_base: str | None = None
@@ -68,7 +68,7 @@ class PipelineConfig(BaseModel):
     train: dict[str, typing.Any] = Field(default_factory=dict)
     #: also train the label-only baseline on the same questions
     label_only_baseline: bool = True
-    #: evaluate the teacher with its few-shot prompt (hf teachers only)
+    #: evaluate the teacher with its few-shot prompt (hf and onnx teachers; an endpoint is not evaluated)
     evaluate_teacher: bool = True
     #: also evaluate self-consistency (majority vote over sampled chains)
     self_consistency: bool = False
@@ -93,8 +93,22 @@ class PipelineConfig(BaseModel):
     @field_validator("teacher")
     @classmethod
     def _backend_and_model(cls, value: str) -> str:
-        if ":" not in value:
+        """A known backend; an `onnx:` teacher's export directory is checked here, before the run directory is
+        created and tied to this config (a typo found at the sample stage would lock the directory to it)."""
+        from .teacher import BACKENDS
+
+        backend, sep, model = value.partition(":")
+        if not sep or not model:
             raise ValueError("must be BACKEND:MODEL, e.g. hf:embedded")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
+        if backend == "onnx":
+            from .teacher.onnx_backend import check_export_dir
+
+            try:
+                check_export_dir(model)
+            except ScotdError as e:
+                raise ValueError(str(e)) from None
         return value
 
     @field_validator("export_quantize")
@@ -324,9 +338,11 @@ def stage_sample(run: Run, say) -> dict:
     # every backend gets the run seed: each chain's own seed derives from it (scotd_harness.seeding)
     backend = get_teacher(cfg.teacher, seed=cfg.seed, **({"api_base": cfg.api_base} if kind == "openai" else {}))
     resume = run.corpus.exists()
+    # the onnx teacher keeps its batch full only when handed several batches' worth of questions at a time
+    per_call = backend.questions_per_call(cfg.n) if kind == "onnx" else 8
     try:
         summary = run_sampling(examples, lambda ex: prompt.render(ex.question, ex.choices), backend, settings,
-                               run.corpus, resume=resume)
+                               run.corpus, resume=resume, questions_per_call=per_call)
     finally:
         backend.close()
     say("  " + summary.line())
@@ -401,16 +417,20 @@ def stage_train(run: Run, say) -> dict:
     return summary
 
 
-def evaluated_models(run: Run) -> dict[str, tuple[str, str]]:
-    """name -> (model, task suffix): what the evaluate stage scores, in the report's order."""
+#: teacher backend -> the lm-eval model type that evaluates it (an `openai:` endpoint is not evaluated)
+TEACHER_MODEL_TYPES = {"hf": "hf", "onnx": "scotd-onnx"}
+
+
+def evaluated_models(run: Run) -> dict[str, tuple[str, str, str]]:
+    """name -> (model, task suffix, lm-eval model type): what the evaluate stage scores, in the report's order."""
     models = {}
     backend, _, teacher = run.cfg.teacher.partition(":")
-    if run.cfg.evaluate_teacher and backend == "hf":
-        models["teacher"] = (teacher, "_fewshot")
-    models["undistilled"] = (run.cfg.student, "")
+    if run.cfg.evaluate_teacher and backend in TEACHER_MODEL_TYPES:
+        models["teacher"] = (teacher, "_fewshot", TEACHER_MODEL_TYPES[backend])
+    models["undistilled"] = (run.cfg.student, "", "hf")
     if (run.students / "label_only").is_dir():
-        models["label_only"] = (str(run.students / "label_only"), "_direct")
-    models["scotd"] = (str(run.students / "scotd"), "")
+        models["label_only"] = (str(run.students / "label_only"), "_direct", "hf")
+    models["scotd"] = (str(run.students / "scotd"), "", "hf")
     return models
 
 
@@ -419,11 +439,11 @@ def stage_evaluate(run: Run, say) -> dict:
 
     cfg = run.cfg
     summary = {}
-    for name, (model, suffix) in evaluated_models(run).items():
+    for name, (model, suffix, model_type) in evaluated_models(run).items():
         tasks = [f"scotd_{cfg.task}{suffix}"]
         if cfg.self_consistency and suffix == "":
             tasks.append(f"scotd_{cfg.task}_sc")
-        out = evaluate(model, tasks, limit=cfg.eval_limit, batch_size=cfg.eval_batch_size,
+        out = evaluate(model, tasks, model_type=model_type, limit=cfg.eval_limit, batch_size=cfg.eval_batch_size,
                        output_dir=run.eval_dir / name, split=cfg.eval_split, data_dir=cfg.data_dir, seed=cfg.seed,
                        log_samples=True, max_gen_toks=cfg.eval_max_new_tokens)
         summary[name] = {"tasks": tasks, "results": str(out.json_path.relative_to(run.root))}

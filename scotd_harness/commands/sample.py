@@ -23,7 +23,8 @@ def generation_options(f):
 @task_option
 @click.option("--split", default="train", show_default=True, help="Dataset split to sample on.")
 @click.option("--teacher", required=True, metavar="BACKEND:MODEL",
-              help="hf:embedded, hf:<model dir or hub id>, or openai:<model served at --api-base>.")
+              help="hf:embedded, hf:<model dir or hub id>, onnx:<export dir of scotd export> (the fast local "
+                   "teacher, torch-free), or openai:<model served at --api-base>.")
 @generation_options
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Corpus file (JSONL) to append to.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run with the same settings.")
@@ -32,7 +33,9 @@ def generation_options(f):
               help="Use only the first K few-shot exemplars (default: all; recorded in the settings).")
 @click.option("--questions-per-call", type=click.IntRange(1),
               help="Questions handed to the teacher per call; their chains are written when it returns. "
-                   "Default: 8 for hf, 2 x --concurrency for openai (keeps every connection busy).")
+                   "Default: 8 for hf, 2 x --concurrency for openai (keeps every connection busy), "
+                   "max(16, 4 x --batch-rows // n) for onnx (keeps the batch full; the batch drains at each call's "
+                   "end).")
 @click.option("--api-base", envvar="OPENAI_BASE_URL",
               help="openai backend: endpoint base URL, e.g. http://host:8000/v1.")
 @click.option("--api-key", envvar="OPENAI_API_KEY", help="openai backend: API key (default $OPENAI_API_KEY).")
@@ -43,9 +46,12 @@ def generation_options(f):
 @click.option("--max-n-per-request", type=click.IntRange(1),
               help="openai backend: most chains asked for in one request; larger -n is split, each request with "
                    "its own seed (default: scotd serve's cap, 32). Endpoints that ignore n are detected anyway.")
-@click.option("--device", help="hf backend: torch device (default cuda if available, else cpu).")
+@click.option("--device", help="hf backend: torch device (default cuda if available, else cpu); onnx backend: "
+                               "cpu (default), cuda or cuda:N (needs onnxruntime-gpu).")
 @click.option("--batch-rows", default=64, show_default=True, type=click.IntRange(1),
-              help="hf backend: sample rows decoded together (questions per batch = rows // n).")
+              help="hf and onnx backends: sample rows decoded together (questions per batch = rows // n).")
+@click.option("--threads", type=click.IntRange(1),
+              help="onnx backend: onnxruntime intra-op threads (default: one per physical core).")
 @click.option("--token-logprobs/--no-token-logprobs", default=True, show_default=True,
               help="Keep each chain's per-token teacher log-probabilities (where the backend gives them) besides "
                    "their sum.")
@@ -53,12 +59,13 @@ def generation_options(f):
 @data_dir_option
 def command(task, split, teacher, n, temperature, max_new_tokens, seed, out, resume, limit, num_exemplars,
             questions_per_call, api_base, api_key, concurrency, max_retries, max_n_per_request, device, batch_rows,
-            token_logprobs, progress, data_dir):
+            threads, token_logprobs, progress, data_dir):
     """Sample N chains per question of TASK/SPLIT from a teacher into OUT (one JSON line per chain).
 
     \b
     Example:
         scotd sample --task csqa --split train --teacher hf:embedded -n 30 --temperature 1.0 --out corpus.jsonl
+        scotd sample ... --teacher onnx:teacher-onnx/ -n 16 --out corpus.jsonl   # an export of `scotd export`
         scotd sample ... --teacher openai:my-model --api-base http://127.0.0.1:8000/v1 --out corpus.jsonl --resume
     """
     from ..datasets import load_examples
@@ -76,14 +83,17 @@ def command(task, split, teacher, n, temperature, max_new_tokens, seed, out, res
                               limit=limit, num_exemplars=num_exemplars)
     check_output(out, settings, resume)  # refuse a clobber or a mismatched resume before the (slow) teacher load
     if backend_name == "hf":
-        kwargs = dict(device=device, max_batch_rows=batch_rows, seed=seed)
+        kwargs = {"device": device, "max_batch_rows": batch_rows, "seed": seed}
+    elif backend_name == "onnx":
+        kwargs = {"device": device, "threads": threads, "max_batch_rows": batch_rows, "seed": seed}
     else:
-        kwargs = dict(api_base=api_base, api_key=api_key, concurrency=concurrency, max_retries=max_retries, seed=seed)
+        kwargs = {"api_base": api_base, "api_key": api_key, "concurrency": concurrency, "max_retries": max_retries,
+                  "seed": seed}
         if max_n_per_request is not None:
             kwargs["max_n_per_request"] = max_n_per_request
-    if questions_per_call is None:
-        questions_per_call = 8 if backend_name == "hf" else 2 * concurrency
     backend = get_teacher(teacher, **kwargs)
+    if questions_per_call is None:
+        questions_per_call = {"hf": 8, "openai": 2 * concurrency}.get(backend_name) or backend.questions_per_call(n)
     try:
         summary = run_sampling(examples, lambda ex: prompt.render(ex.question, ex.choices), backend, settings, out,
                                resume=resume, questions_per_call=questions_per_call, progress=progress,

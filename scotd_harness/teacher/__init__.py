@@ -16,8 +16,10 @@ none), `num_tokens` their count, so a per-token mean is `logprob / num_tokens`, 
 individual values.
 
 The registry maps names to lazy ``"module:Class"`` strings, as lm-eval's model registry does, so
-`--teacher openai:...` never imports torch. A teacher is named ``BACKEND:MODEL`` on the command line:
-``hf:embedded``, ``hf:/path/to/model``, ``openai:meta-llama/Llama-3.1-70B``.
+`--teacher openai:...` and `--teacher onnx:...` never import torch. A teacher is named ``BACKEND:MODEL`` on the
+command line: ``hf:embedded``, ``hf:/path/to/model``, ``openai:meta-llama/Llama-3.1-70B``, or
+``onnx:/path/to/export`` (a directory of `scotd export`, sampled in-process on the torch-free runtime: the fast
+local teacher).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ..errors import ScotdError
 BACKENDS: dict[str, str] = {
     "hf": "scotd_harness.teacher.hf:HFTeacher",
     "openai": "scotd_harness.teacher.openai_backend:OpenAITeacher",
+    "onnx": "scotd_harness.teacher.onnx_backend:OnnxTeacher",
 }
 
 
