@@ -20,6 +20,7 @@ PACKAGES = [
     "scotd_harness",
     "scotd_harness.datasets",
     "scotd_harness.prompts",
+    "scotd_harness.recipes",
     "scotd_harness.teacher",
     "scotd_harness.commands",
     "scotd_harness.tasks",
@@ -71,6 +72,7 @@ setup(
     package_dir={"scotd_harness.tasks": "tasks", "scotd_harness.export": "export"},
     package_data={
         "scotd_harness.prompts": ["*.json"],
+        "scotd_harness.recipes": ["*.yaml"],
         "scotd_harness.tasks": ["*.yaml", "*/*.yaml", "*/*.py", "*/*/*.yaml"],
         "scotd_harness": ["demo/*.jsonl"],
     },

@@ -19,7 +19,7 @@ import time
 import typing
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from . import atomic
@@ -27,10 +27,53 @@ from .errors import ScotdError
 
 log = logging.getLogger(__name__)
 
-STAGES = ("sample", "filter", "train", "evaluate", "export", "infer")
+#: every stage in run order; `tune` runs only in a run with a learning-rate grid (see `stages_of`)
+STAGES = ("sample", "filter", "tune", "train", "evaluate", "export", "infer")
 STATE_FILE = "stages.json"
 #: `train` keys the pipeline sets itself (paths, the task, the variant, resumption)
 PIPELINE_TRAIN_KEYS = ("student", "corpus", "output_dir", "task", "label_only", "resume_from_checkpoint")
+
+
+def _check_train_options(value: dict) -> dict:
+    """Keys of a `train:` mapping must be `scotd train` options the pipeline does not set itself."""
+    from dataclasses import fields
+
+    from .train import DistillConfig
+
+    known = {f.name for f in fields(DistillConfig)}
+    for key in value:
+        if key in PIPELINE_TRAIN_KEYS:
+            raise PydanticCustomError("train_key", "is set by the pipeline itself", {"key": key})
+        if key not in known:
+            raise PydanticCustomError("train_key", "is not an option of scotd train", {"key": key})
+    return value
+
+
+class TrainSize(BaseModel):
+    """One training-set size: every arm trains on the same `questions` corpus questions (a seeded subset, nested in
+    the larger sizes; null: all of them), with `train` options overriding the run's (e.g. fewer epochs on more data)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    questions: int | None = Field(None, ge=1)
+    train: dict[str, typing.Any] = Field(default_factory=dict)
+
+    _train = field_validator("train")(classmethod(lambda cls, value: _check_train_options(value)))
+
+
+class TuneConfig(BaseModel):
+    """Learning rate chosen per arm on questions no student trains on and the report never scores: each arm is
+    trained at the size `questions` once per rate in `learning_rate`, scored on `limit` questions of `split`, and
+    the best rate (the smaller on a tie) trains that arm at every size. The students of the tuning size are the
+    tuned ones themselves, not retrained."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    learning_rate: list[float] = Field(min_length=1)
+    #: the training size (a `train_sizes` entry's `questions`) the grid runs at; null: the first size
+    questions: int | None = None
+    split: str = "train-holdout"
+    limit: int | None = Field(300, ge=1)
 
 
 class PipelineConfig(BaseModel):
@@ -44,6 +87,9 @@ class PipelineConfig(BaseModel):
 
     #: dataset task of the registry (csqa, quarel, openbookqa, ..., or demo)
     task: str = "csqa"
+    #: where the chains come from: `sample` (from `teacher`) or `distilling-step-by-step` (the released PaLM-540B
+    #: CSQA chains, one per train question, imported from $SCOTD_DATA_DIR or data_dir)
+    corpus_source: typing.Literal["sample", "distilling-step-by-step"] = "sample"
     #: teacher as BACKEND:MODEL (hf:embedded, hf:DIR_OR_HUB_ID, onnx:EXPORT_DIR, openai:MODEL)
     teacher: str = "hf:embedded"
     #: OpenAI-compatible endpoint for an openai teacher (the key comes from OPENAI_API_KEY)
@@ -68,10 +114,26 @@ class PipelineConfig(BaseModel):
     train: dict[str, typing.Any] = Field(default_factory=dict)
     #: also train the label-only baseline on the same questions
     label_only_baseline: bool = True
+    #: students to train, all on the same questions: `scotd` (the teacher's chains), `label_only` (the gold answer
+    #: alone) and `cose` (CoS-E v1.11 human explanations, csqa only). Null: scotd, and label_only if
+    #: label_only_baseline. Given, it replaces label_only_baseline.
+    arms: list[typing.Literal["scotd", "label_only", "cose"]] | None = None
+    #: training-set sizes; a student per arm and size, named `<arm>_2k` for 2000 questions, `<arm>` for all
+    train_sizes: list[TrainSize] = Field(default_factory=lambda: [TrainSize()], min_length=1)
+    #: a learning-rate grid searched per arm on held-out train questions (the `tune` stage); null: train.learning_rate
+    tune: TuneConfig | None = None
+    #: lm-eval model the students are scored with: `hf` (PyTorch), or `onnx` (each exported to fp32 ONNX first,
+    #: parity-checked, and scored by `scotd-onnx`: about 3x faster on CPU, same greedy outputs)
+    eval_backend: typing.Literal["hf", "onnx"] = "hf"
+    #: other tasks every student is also scored on (the paper's transfer study: openbookqa, quarel for csqa), on
+    #: eval_split, or `TASK:SPLIT` for another split (a task whose dev file is missing: its train is unseen too)
+    transfer_tasks: list[str] = Field(default_factory=list)
     #: evaluate the teacher with its few-shot prompt (hf and onnx teachers; an endpoint is not evaluated)
     evaluate_teacher: bool = True
-    #: also evaluate self-consistency (majority vote over sampled chains)
+    #: also evaluate self-consistency (majority vote over sc_samples chains at the task's temperature, 0.7) of the
+    #: best distilled student (the best greedy accuracy on the task), with the same lm-eval model as its greedy score
     self_consistency: bool = False
+    sc_samples: int = Field(16, ge=8)
     eval_batch_size: int = Field(8, ge=1)
     #: cap on generated tokens per answer in evaluation (None: the tasks' 128)
     eval_max_new_tokens: int | None = Field(None, ge=1)
@@ -123,17 +185,51 @@ class PipelineConfig(BaseModel):
     @field_validator("train")
     @classmethod
     def _train_options(cls, value: dict) -> dict:
-        from dataclasses import fields
+        return _check_train_options(value)
 
-        from .train import DistillConfig
+    @field_validator("transfer_tasks")
+    @classmethod
+    def _known_transfer_tasks(cls, value: list[str]) -> list[str]:
+        from .datasets import HOLDOUT_SPLITS, SPLITS, TASKS
 
-        known = {f.name for f in fields(DistillConfig)}
-        for key in value:
-            if key in PIPELINE_TRAIN_KEYS:
-                raise PydanticCustomError("train_key", "is set by the pipeline itself", {"key": key})
-            if key not in known:
-                raise PydanticCustomError("train_key", "is not an option of scotd train", {"key": key})
+        for item in value:
+            task, _, split = item.partition(":")
+            if task not in TASKS:
+                raise ValueError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
+            if split and split not in SPLITS + HOLDOUT_SPLITS:
+                raise ValueError(f"unknown split {split!r} in {item!r} (known: {', '.join(SPLITS + HOLDOUT_SPLITS)})")
         return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PipelineConfig:
+        """Settings that are each valid but contradict one another."""
+        if self.corpus_source == "distilling-step-by-step" and self.task != "csqa":
+            raise ValueError("corpus_source distilling-step-by-step holds CSQA chains: task must be csqa")
+        if "cose" in self.arm_names and self.task != "csqa":
+            raise ValueError("the cose arm explains CSQA questions: task must be csqa")
+        if len(set(self.arm_names)) != len(self.arm_names):
+            raise ValueError("arms: each arm once")
+        sizes = [s.questions for s in self.train_sizes]
+        if len(set(sizes)) != len(sizes):
+            raise ValueError("train_sizes: each number of questions once")
+        if self.tune is not None:
+            if self.tune.questions not in sizes and self.tune.questions is not None:
+                raise ValueError(f"tune.questions {self.tune.questions} is not one of train_sizes ({sizes})")
+            if self.tune.split == self.eval_split:
+                raise ValueError(f"tune.split is the evaluation split {self.eval_split!r}: tuning on it would "
+                                 "select on the test")
+            if self.tune.split == "train-holdout" and self.train_split != "train-fit":
+                raise ValueError("tune.split train-holdout needs train_split: train-fit (else the students train "
+                                 "on the questions they are tuned on)")
+            if "learning_rate" in self.train or any("learning_rate" in s.train for s in self.train_sizes):
+                raise ValueError("tune chooses the learning rate: remove learning_rate from train")
+        return self
+
+    @property
+    def arm_names(self) -> list[str]:
+        if self.arms is not None:
+            return list(self.arms)
+        return ["scotd"] + (["label_only"] if self.label_only_baseline else [])
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config", lines: dict | None = None) -> PipelineConfig:
@@ -155,11 +251,13 @@ def _problem(err: dict, source: str, lines: dict) -> str:
     """One pydantic error as `FILE:LINE: key 'K' ...`."""
     loc = tuple(err["loc"])
     if err["type"] == "train_key":
-        loc = ("train", err["ctx"]["key"])
+        loc = (*loc, err["ctx"]["key"])
     key = ".".join(str(part) for part in loc)
     line = lines.get(loc[:2]) or lines.get(loc[:1])
     where = f"{source}:{line}" if line else source
     kind = err["type"]
+    if not loc:  # a check of several settings together (PipelineConfig._consistent)
+        return f"{where}: {err['ctx']['error'] if kind == 'value_error' else err['msg']}"
     if kind == "extra_forbidden":
         return f"{where}: unknown key {key!r} (known keys: {', '.join(PipelineConfig.model_fields)})"
     if kind in _TYPE_NAMES:
@@ -237,15 +335,22 @@ def load_config(path: str | os.PathLike | None) -> PipelineConfig:
     return PipelineConfig.from_dict(data, str(path), lines)
 
 
+def stages_of(cfg: PipelineConfig) -> tuple[str, ...]:
+    """The stages a run with these settings goes through (`tune` only with a learning-rate grid)."""
+    return tuple(stage for stage in STAGES if stage != "tune" or cfg.tune is not None)
+
+
 class Run:
     """A run directory: its config, its stage records and the paths every stage reads and writes."""
 
     def __init__(self, root: str | os.PathLike, cfg: PipelineConfig):
         self.root = Path(root)
         self.cfg = cfg
+        self.stages = stages_of(cfg)
         self.corpus = self.root / "corpus.jsonl"
         self.filtered = self.root / "corpus.filtered.jsonl"
         self.students = self.root / "students"
+        self.tune_dir = self.root / "tune"
         self.eval_dir = self.root / "eval"
         self.onnx = self.root / "onnx"
         #: the fp32 export a quantised `onnx/` is derived from (kept, so a rerun of the stage reuses it)
@@ -271,13 +376,16 @@ class Run:
         atomic.write_json(self.state_path, {"stages": {k: v for k, v in self.state().items() if k not in later}}, default=str)
 
     def open(self) -> None:
-        """Create the directory or check that it belongs to the same config."""
+        """Create the directory or check that it belongs to the same config. A setting the saved config lacks
+        (added in a later version) counts as the same when it has its default value."""
         self.root.mkdir(parents=True, exist_ok=True)
         saved = self.root / "config.json"
         current = self.cfg.model_dump()
         if saved.is_file():
             old = json.loads(saved.read_text(encoding="utf-8"))
-            diff = sorted(k for k in set(old) | set(current) if old.get(k) != current.get(k))
+            defaults = PipelineConfig.model_construct().model_dump()
+            diff = sorted(k for k in set(old) | set(current)
+                          if old.get(k, defaults.get(k)) != current.get(k))
             if diff:
                 raise ScotdError(
                     f"{self.root} holds a run with other settings ({', '.join(diff)} differ); "
@@ -290,40 +398,51 @@ class Run:
 def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, from_stage: str | None = None,
                  until: str | None = None, say=print) -> Run:
     """Run every stage not yet recorded as done (from `from_stage` on, if given) up to `until`."""
+    stages = stages_of(cfg)
     for name in (from_stage, until):
-        if name is not None and name not in STAGES:
-            raise ScotdError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+        if name is not None and name not in stages:
+            raise ScotdError(f"unknown stage {name!r}; this run's stages: {', '.join(stages)}")
     run = Run(out, cfg)
     run.open()
     if from_stage:
         run.forget(from_stage)
-        if STAGES.index(from_stage) <= STAGES.index("train") and run.students.exists():
-            say(f"--from {from_stage}: removing the students (and their checkpoints) of the earlier run")
-            shutil.rmtree(run.students)
-    last = STAGES.index(until) if until else len(STAGES) - 1
+        _remove_outputs_from(run, from_stage, say)
+    last = stages.index(until) if until else len(stages) - 1
     done = run.state()
-    for i, stage in enumerate(STAGES[: last + 1]):
+    for i, stage in enumerate(stages[: last + 1]):
         if stage in done:
-            say(f"[{i + 1}/{len(STAGES)}] {stage}: done already, skipped")
+            say(f"[{i + 1}/{len(stages)}] {stage}: done already, skipped")
             continue
-        say(f"[{i + 1}/{len(STAGES)}] {stage} ...")
+        say(f"[{i + 1}/{len(stages)}] {stage} ...")
         started = time.monotonic()
         summary = STAGE_FUNCTIONS[stage](run, say) or {}
         run.record(stage, summary, time.monotonic() - started)
-        say(f"[{i + 1}/{len(STAGES)}] {stage}: finished in {time.monotonic() - started:.0f} s")
+        say(f"[{i + 1}/{len(stages)}] {stage}: finished in {time.monotonic() - started:.0f} s")
     return run
+
+
+def _remove_outputs_from(run: Run, from_stage: str, say) -> None:
+    """`--from STAGE` reruns that stage and the later ones: the outputs they resume from are removed first
+    (students and their checkpoints, tuning candidates, evaluations), so nothing of the earlier run is reused."""
+    at = STAGES.index(from_stage)
+    for stage, path in (("tune", run.tune_dir), ("train", run.students), ("evaluate", run.eval_dir)):
+        if at <= STAGES.index(stage) and path.exists():
+            say(f"--from {from_stage}: removing {path.name}/ of the earlier run")
+            shutil.rmtree(path)
 
 
 # --- the stages -------------------------------------------------------------------------------------------
 
 
-def _examples(run: Run, split: str, limit: int | None):
+def _examples(run: Run, split: str, limit: int | None, task: str | None = None):
     from .datasets import load_examples
 
-    return load_examples(run.cfg.task, split, data_dir=run.cfg.data_dir, limit=limit)
+    return load_examples(task or run.cfg.task, split, data_dir=run.cfg.data_dir, limit=limit)
 
 
 def stage_sample(run: Run, say) -> dict:
+    if run.cfg.corpus_source != "sample":
+        return _import_corpus(run, say)
     from .prompts import load_prompt
     from .sampling import SampleSettings, run_sampling
     from .teacher import get_teacher, parse_teacher
@@ -350,25 +469,81 @@ def stage_sample(run: Run, say) -> dict:
             "teacher_accuracy": summary.correct / summary.chains_written if summary.chains_written else None}
 
 
+def _import_corpus(run: Run, say) -> dict:
+    """The sample stage of a run on a released corpus: its chains imported, joined to the official split."""
+    from .corpus import write_corpus
+    from .corpus_import import import_distilling_step_by_step
+
+    official = _examples(run, "train", None)
+    rows, report = import_distilling_step_by_step(run.cfg.data_dir, "train", examples=official)
+    write_corpus(rows, run.corpus)
+    for line in report.lines():
+        say("  " + line)
+    correct = sum(bool(r.correct) for r in rows)
+    return {"source": run.cfg.corpus_source, "chains": len(rows), "questions": len({r.id for r in rows}),
+            "teacher_accuracy": correct / len(rows) if rows else None}
+
+
 def stage_filter(run: Run, say) -> dict:
+    """Filter the chains, keep the questions of the training split every arm has a target for, and write each
+    arm's corpus at each size (see scotd_harness.arms)."""
+    from .arms import corpus_path, students, subsample
     from .corpus import read_corpus, write_corpus
     from .corpus_filters import apply_filters
 
+    cfg = run.cfg
     rows = list(read_corpus(run.corpus))
-    kept = apply_filters(rows, run.cfg.filters)
-    write_corpus(kept, run.filtered)
-    questions = len({r.id for r in kept})
-    say(f"  kept {len(kept)} of {len(rows)} chains ({questions} questions) with {', '.join(run.cfg.filters)}")
-    if not kept:
+    kept = apply_filters(rows, cfg.filters)
+    summary = {"chains_in": len(rows)}
+    if cfg.corpus_source != "sample":  # a released corpus covers all of train: keep the training split's questions
+        split_ids = {ex.id for ex in _examples(run, cfg.train_split, cfg.train_limit)}
+        kept = [r for r in kept if r.id in split_ids]
+        say(f"  {len({r.id for r in kept})} filtered questions are in {cfg.train_split}")
+    corpora = {"chains": kept}
+    if "cose" in cfg.arm_names:
+        from .corpus_import import import_cose
+
+        official = _examples(run, "train", None)
+        cose, report = import_cose(_cose_source(cfg), "train", examples=official, only_ids={r.id for r in kept})
+        for line in report.lines():
+            say("  " + line)
+        both = {r.id for r in cose}
+        corpora = {"chains": [r for r in kept if r.id in both], "cose": cose}
+        summary["cose_questions"] = len(cose)
+    questions = {r.id for r in corpora["chains"]}
+    if not corpora["chains"]:
         raise ScotdError(
-            f"the filters {run.cfg.filters} kept no chain of {len(rows)}: the teacher answered no question "
+            f"the filters {cfg.filters} kept no chain of {len(rows)}: the teacher answered no question "
             f"correctly; sample more chains (n), use a stronger teacher, or filter with 'all'"
         )
-    return {"chains_in": len(rows), "chains_kept": len(kept), "questions_kept": questions}
+    written = {}
+    for student in students(cfg):
+        stem = student.corpus
+        if stem in written:
+            continue
+        chosen = subsample(questions, student.questions, cfg.seed)
+        if student.questions is not None and student.questions > len(questions):
+            raise ScotdError(f"train_sizes asks for {student.questions} questions but the filtered corpus has "
+                             f"{len(questions)}")
+        part = [r for r in corpora[stem.split("_")[0]] if r.id in chosen]
+        path = corpus_path(run.root, stem)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_corpus(part, path)
+        written[stem] = {"chains": len(part), "questions": len({r.id for r in part}),
+                         "file": str(path.relative_to(run.root))}
+    if "chains" not in written:  # a plain run trains on corpus.filtered.jsonl; keep it whole in any case
+        write_corpus(corpora["chains"], run.filtered)
+    say(f"  kept {len(corpora['chains'])} of {len(rows)} chains ({len(questions)} questions) with "
+        f"{', '.join(cfg.filters)}" + (f"; corpora: {', '.join(written)}" if len(written) > 1 else ""))
+    return {**summary, "chains_kept": len(corpora["chains"]), "questions_kept": len(questions), "corpora": written}
 
 
-def _train_one(run: Run, name: str, label_only: bool, say) -> Path:
-    """Train one student, resuming from its newest Trainer checkpoint when a killed run left one.
+def _cose_source(cfg: PipelineConfig):
+    return cfg.data_dir  # find_cose_file looks in <data_dir>/cose_v1.11, or under $SCOTD_DATA_DIR
+
+
+def _train_one(run: Run, out: Path, student, learning_rate: float | None, say) -> Path:
+    """Train one student into `out`, resuming from its newest Trainer checkpoint when a killed run left one.
 
     A student whose scotd.json exists finished training (it is written last) and is kept. Once a student is saved
     its checkpoints (optimizer state included: about 12 bytes a parameter) are deleted: they only serve resumption.
@@ -376,18 +551,21 @@ def _train_one(run: Run, name: str, label_only: bool, say) -> Path:
     removes the students first."""
     from transformers.trainer_utils import get_last_checkpoint
 
+    from .arms import corpus_path
     from .train import SCOTD_JSON, DistillConfig, train
 
-    out = run.students / name
     if (out / SCOTD_JSON).is_file():
-        say(f"  {name}: trained already (its {SCOTD_JSON} exists), kept")
+        say(f"  {out.relative_to(run.root)}: trained already (its {SCOTD_JSON} exists), kept")
         return out
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
     if last:
-        say(f"  {name}: resuming from {Path(last).name} (a Trainer checkpoint of the interrupted run)")
-    options = {"seed": run.cfg.seed, **run.cfg.train}
-    cfg = DistillConfig(student=run.cfg.student, corpus=str(run.filtered), task=run.cfg.task, label_only=label_only,
-                        output_dir=str(out), resume_from_checkpoint="last", **options)
+        say(f"  {student.name}: resuming from {Path(last).name} (a Trainer checkpoint of the interrupted run)")
+    options = {"seed": run.cfg.seed, **run.cfg.train, **student.train}
+    if learning_rate is not None:
+        options["learning_rate"] = learning_rate
+    cfg = DistillConfig(student=run.cfg.student, corpus=str(corpus_path(run.root, student.corpus)),
+                        task=run.cfg.task, label_only=student.label_only, output_dir=str(out),
+                        resume_from_checkpoint="last", **options)
     train(cfg, callbacks=[_no_final_checkpoint()])
     for checkpoint in out.glob("checkpoint-*"):
         shutil.rmtree(checkpoint)
@@ -408,12 +586,94 @@ def _no_final_checkpoint():
     return NoFinalCheckpoint()
 
 
+def _rate_name(learning_rate: float) -> str:
+    return f"lr{learning_rate:g}"
+
+
+def _tune_size(cfg: PipelineConfig) -> int | None:
+    return cfg.tune.questions if cfg.tune.questions is not None else cfg.train_sizes[0].questions
+
+
+def stage_tune(run: Run, say) -> dict:
+    """Each arm at the tuning size, once per learning rate of the grid, scored on held-out train questions; the
+    best rate per arm is recorded (tune/scores.json, and this stage's summary). Candidates finish one by one and
+    are recorded as they do, so a killed stage resumes at the next candidate (a candidate's training resumes from
+    its checkpoint). The losing candidates' weights are deleted at the end; their scores stay."""
+    from .arms import students
+
+    cfg = run.cfg
+    tune = cfg.tune
+    size = _tune_size(cfg)
+    scores_path = run.tune_dir / "scores.json"
+    scores = json.loads(scores_path.read_text(encoding="utf-8")) if scores_path.is_file() else {}
+    candidates = [s for s in students(cfg) if s.questions == size]
+    for student in candidates:
+        for rate in tune.learning_rate:
+            key = f"{student.name} {_rate_name(rate)}"
+            if key in scores:
+                continue
+            out = run.tune_dir / student.name / _rate_name(rate)
+            say(f"  tune {student.name} at learning rate {rate:g}")
+            _train_one(run, out, student, rate, say)
+            result = _score(run, student.name, str(out), [student.task(cfg.task)], run.tune_dir / "eval" / key.replace(" ", "_"),
+                            split=tune.split, limit=tune.limit, say=say)
+            scores[key] = {"arm": student.arm, "learning_rate": rate, "accuracy": result["accuracy"],
+                           "n": result["n"], "most_common_share": result["most_common_share"],
+                           "dev_losses": _dev_losses(out)}
+            atomic.write_json(scores_path, scores)
+    chosen = {}
+    for student in candidates:
+        mine = [scores[f"{student.name} {_rate_name(rate)}"] for rate in tune.learning_rate]
+        # the best holdout accuracy; a collapsed candidate (one answer to most questions) only if all are
+        best = max(mine, key=lambda r: (r["most_common_share"] is None or r["most_common_share"] <= 0.5,
+                                        r["accuracy"], -r["learning_rate"]))
+        chosen[student.arm] = best["learning_rate"]
+        say(f"  {student.arm}: learning rate {best['learning_rate']:g} (accuracy {best['accuracy']:.3f} on "
+            f"{best['n']} {tune.split} questions)")
+        for rate in tune.learning_rate:
+            if rate != best["learning_rate"]:
+                _drop_weights(run.tune_dir / student.name / _rate_name(rate))
+    return {"grid": list(tune.learning_rate), "questions": size, "split": tune.split, "limit": tune.limit,
+            "chosen": chosen, "scores": scores}
+
+
+def _drop_weights(student_dir: Path) -> None:
+    """A losing tuning candidate: its weights and exports go, its scotd.json (losses, settings) stays."""
+    if not student_dir.is_dir():
+        return
+    for path in student_dir.iterdir():
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.suffix in (".safetensors", ".bin", ".onnx", ".data"):
+            path.unlink()
+
+
+def _dev_losses(student_dir: Path) -> list | None:
+    from .train import SCOTD_JSON
+
+    meta = student_dir / SCOTD_JSON
+    return json.loads(meta.read_text(encoding="utf-8")).get("result", {}).get("eval_losses") if meta.is_file() else None
+
+
 def stage_train(run: Run, say) -> dict:
-    summary = {"scotd": str(_train_one(run, "scotd", False, say).relative_to(run.root))}
-    say(f"  distilled student: {run.root / summary['scotd']}")
-    if run.cfg.label_only_baseline:
-        summary["label_only"] = str(_train_one(run, "label_only", True, say).relative_to(run.root))
-        say(f"  label-only baseline: {run.root / summary['label_only']}")
+    """Every student of the run; a student of the tuning size is the tuned candidate itself, moved into place."""
+    from .arms import students
+
+    cfg = run.cfg
+    chosen = run.state().get("tune", {}).get("chosen", {}) if cfg.tune else {}
+    summary = {}
+    for student in students(cfg):
+        out = run.students / student.name
+        rate = chosen.get(student.arm)
+        tuned = run.tune_dir / student.name / _rate_name(rate) if rate is not None else None
+        if tuned is not None and student.questions == _tune_size(cfg) and not out.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tuned, out)
+            say(f"  {student.name}: the tuned student (learning rate {rate:g})")
+        else:
+            _train_one(run, out, student, rate, say)
+        summary[student.name] = str(out.relative_to(run.root))
+        say(f"  {student.name}: {out}")
     return summary
 
 
@@ -421,49 +681,138 @@ def stage_train(run: Run, say) -> dict:
 TEACHER_MODEL_TYPES = {"hf": "hf", "onnx": "scotd-onnx"}
 
 
-def evaluated_models(run: Run) -> dict[str, tuple[str, str, str]]:
-    """name -> (model, task suffix, lm-eval model type): what the evaluate stage scores, in the report's order."""
+def evaluated_models(run: Run) -> dict[str, tuple[str, dict[str | None, list[str]], str]]:
+    """name -> (model, {split: lm-eval tasks}, lm-eval model type): what the evaluate stage scores, in the
+    report's order. Students are scored with `eval_backend` (see `_score`) on the run's task and the transfer tasks
+    (split None: eval_split)."""
+    from .arms import Student, students
+
+    cfg = run.cfg
     models = {}
-    backend, _, teacher = run.cfg.teacher.partition(":")
-    if run.cfg.evaluate_teacher and backend in TEACHER_MODEL_TYPES:
-        models["teacher"] = (teacher, "_fewshot", TEACHER_MODEL_TYPES[backend])
-    models["undistilled"] = (run.cfg.student, "", "hf")
-    if (run.students / "label_only").is_dir():
-        models["label_only"] = (str(run.students / "label_only"), "_direct", "hf")
-    models["scotd"] = (str(run.students / "scotd"), "", "hf")
+    backend, _, teacher = cfg.teacher.partition(":")
+    if cfg.evaluate_teacher and cfg.corpus_source == "sample" and backend in TEACHER_MODEL_TYPES:
+        models["teacher"] = (teacher, {None: [f"scotd_{cfg.task}_fewshot"]}, TEACHER_MODEL_TYPES[backend])
+
+    def tasks_of(student: Student) -> dict[str | None, list[str]]:
+        by_split: dict[str | None, list[str]] = {None: [student.task(cfg.task)]}
+        for item in cfg.transfer_tasks:
+            task, _, split = item.partition(":")
+            by_split.setdefault(split or None, []).append(student.task(task))
+        return by_split
+
+    models["undistilled"] = (cfg.student, tasks_of(Student("undistilled", None)), cfg.eval_backend)
+    for student in students(cfg):
+        models[student.name] = (str(run.students / student.name), tasks_of(student), cfg.eval_backend)
     return models
 
 
-def stage_evaluate(run: Run, say) -> dict:
-    from .evaluate import evaluate
+def _eval_model(run: Run, name: str, model: str, say) -> tuple[str, str]:
+    """(model, lm-eval model type) for a student under `eval_backend`: `onnx` exports it to fp32 first (kept in
+    `<student>/onnx-fp32`, or onnx-eval/<name> for a hub model; the export checks parity with PyTorch)."""
+    if run.cfg.eval_backend == "hf":
+        return model, "hf"
+    from .export.exporter import export
 
+    path = Path(model)
+    # a student of this run keeps its export beside its weights (it moves with a tuned student); a model from
+    # elsewhere (the base student) is never written into: its export goes under the run
+    ours = path.is_dir() and run.root.resolve() in path.resolve().parents
+    target = path / "onnx-fp32" if ours else run.root / "onnx-eval" / name
+    if not (target / "scotd.json").is_file():  # an export is atomic: scotd.json means it passed its checks
+        say(f"  {name}: exporting to fp32 ONNX for scotd-onnx ({target.relative_to(run.root)})")
+        export(model, target, dtype="fp32", overwrite=True, accuracy_sample=0, data_dir=run.cfg.data_dir)
+    return str(target), "scotd-onnx"
+
+
+def _score(run: Run, name: str, model: str, tasks: list[str], out: Path, split: str | None = None,
+           limit: int | None = None, sc_samples: int | None = None, model_type: str | None = None, say=print) -> dict:
+    """Evaluate one model on `tasks` into `out` (skipped when `out` holds results of the same tasks, limit and
+    split: a killed evaluate stage resumes at the next model); returns the first task's accuracy and answer share."""
+    from .eval_samples import read_outcomes
+    from .evaluate import evaluate
+    from .stats import check_run
+
+    results_file = out / "results.json"
+    previous = json.loads(results_file.read_text(encoding="utf-8")).get("scotd", {}) if results_file.is_file() else {}
+    wanted = {"tasks": tasks, "limit": limit, "split": split or "validation", "sc_samples": sc_samples}
+    if any(previous.get(k) != v for k, v in wanted.items()):
+        if model_type is None:
+            model, model_type = _eval_model(run, name, model, say)
+        output = evaluate(model, tasks, model_type=model_type, limit=limit, batch_size=run.cfg.eval_batch_size,
+                          output_dir=out, split=split, data_dir=run.cfg.data_dir, seed=run.cfg.seed, log_samples=True,
+                          max_gen_toks=run.cfg.eval_max_new_tokens, sc_samples=sc_samples)
+        say(f"  {name}:\n" + "\n".join("    " + line for line in output.table.splitlines()))
+    else:
+        say(f"  {name}: evaluated already ({out.relative_to(run.root)})")
+    results = json.loads(results_file.read_text(encoding="utf-8"))
+    metrics = results["results"][tasks[0]]
+    key = next(k for k in metrics if k.startswith("acc,"))
+    outcomes = read_outcomes(out).get((tasks[0], key.partition(",")[2]), {})
+    check = check_run([o.prediction for o in outcomes.values()], None)
+    return {"accuracy": metrics[key], "n": len(outcomes) or None,
+            "most_common_share": check.most_common_share if outcomes else None,
+            "results": str(results_file.relative_to(run.root))}
+
+
+def best_student(run: Run) -> str:
+    """The distilled (not label-only) student with the best greedy accuracy on the run's task; `scotd` when the
+    evaluate stage has not scored any. This one is exported, and scored by self-consistency."""
+    from .arms import students
+
+    best, best_acc = "scotd" if "scotd" in run.cfg.arm_names else None, -1.0
+    for student in students(run.cfg):
+        results = run.eval_dir / student.name / "results.json"
+        if student.label_only or not results.is_file():
+            continue
+        metrics = json.loads(results.read_text(encoding="utf-8"))["results"].get(student.task(run.cfg.task), {})
+        acc = next((v for k, v in metrics.items() if k.startswith("acc,")), None)
+        if acc is not None and acc > best_acc:
+            best, best_acc = student.name, acc
+    if best is None:
+        raise ScotdError("no distilled student in this run (arms has only label_only)")
+    return best
+
+
+def stage_evaluate(run: Run, say) -> dict:
     cfg = run.cfg
     summary = {}
-    for name, (model, suffix, model_type) in evaluated_models(run).items():
-        tasks = [f"scotd_{cfg.task}{suffix}"]
-        if cfg.self_consistency and suffix == "":
-            tasks.append(f"scotd_{cfg.task}_sc")
-        out = evaluate(model, tasks, model_type=model_type, limit=cfg.eval_limit, batch_size=cfg.eval_batch_size,
-                       output_dir=run.eval_dir / name, split=cfg.eval_split, data_dir=cfg.data_dir, seed=cfg.seed,
-                       log_samples=True, max_gen_toks=cfg.eval_max_new_tokens)
-        summary[name] = {"tasks": tasks, "results": str(out.json_path.relative_to(run.root))}
-        say(f"  {name}:\n" + "\n".join("    " + line for line in out.table.splitlines()))
+    for name, (model, by_split, model_type) in evaluated_models(run).items():
+        fixed_type = model_type if name == "teacher" else None
+        for split, tasks in by_split.items():
+            # the run's own split in eval/<name>/; another split of a transfer task in a folder of its own
+            out = run.eval_dir / name / (f"{split}-split" if split else "")
+            key = name + (f" {split}" if split else "")
+            summary[key] = _score(run, name, model, tasks, out, split=split or cfg.eval_split,
+                                  limit=cfg.eval_limit, model_type=fixed_type, say=say)
+            summary[key]["tasks"] = tasks
+    if cfg.self_consistency:
+        best = best_student(run)
+        task = f"scotd_{cfg.task}_sc"
+        summary[f"{best} sc"] = _score(run, best, str(run.students / best), [task], run.eval_dir / best / "sc",
+                                       split=cfg.eval_split, limit=cfg.eval_limit, sc_samples=cfg.sc_samples, say=say)
+        summary[f"{best} sc"]["tasks"] = [task]
     return summary
 
 
 def stage_export(run: Run, say) -> dict:
-    """fp32 export (kept in onnx-fp32/ when quantising, so the slow graph export runs once per student), then the
-    quantised one derived from it; each is swapped in only after its checks pass."""
+    """The best distilled student: fp32 export (kept in onnx-fp32/ when quantising, or the one the evaluate stage
+    made, so the slow graph export runs once per student), then the quantised one derived from it; each is swapped
+    in only after its checks pass."""
     from .export.exporter import export
 
     cfg = run.cfg
-    export(run.students / "scotd", run.onnx, quantization=cfg.export_quantize,
-           fp32_dir=run.onnx_fp32 if cfg.export_quantize else None, accuracy_sample=cfg.export_accuracy_sample,
+    best = best_student(run)
+    student = run.students / best
+    fp32_dir = run.onnx_fp32
+    if cfg.eval_backend == "onnx" and (student / "onnx-fp32" / "scotd.json").is_file():
+        fp32_dir = student / "onnx-fp32"
+    export(student, run.onnx, quantization=cfg.export_quantize,
+           fp32_dir=fp32_dir if cfg.export_quantize else None, accuracy_sample=cfg.export_accuracy_sample,
            accuracy_task=cfg.task, accuracy_split=cfg.eval_split, data_dir=cfg.data_dir, overwrite=True,
            progress=lambda msg: say("  " + msg))
-    summary = {"onnx": str(run.onnx.relative_to(run.root)), "quantize": cfg.export_quantize}
+    summary = {"student": best, "onnx": str(run.onnx.relative_to(run.root)), "quantize": cfg.export_quantize}
     if cfg.export_quantize:
-        summary["onnx_fp32"] = str(run.onnx_fp32.relative_to(run.root))
+        summary["onnx_fp32"] = str(fp32_dir.relative_to(run.root))
     return summary
 
 
@@ -492,6 +841,7 @@ def stage_infer(run: Run, say) -> dict:
 STAGE_FUNCTIONS = {
     "sample": stage_sample,
     "filter": stage_filter,
+    "tune": stage_tune,
     "train": stage_train,
     "evaluate": stage_evaluate,
     "export": stage_export,

@@ -93,28 +93,42 @@ def accuracy_rows(run: dict) -> list[dict]:
     rows = []
     outcomes_by_model = {}
     for model in evaluated_models(run):
-        folder = run["root"] / "eval" / model
-        results = read_json(folder / "results.json")
-        outcomes_by_model[model] = outcomes = read_outcomes(folder)
+        outcomes_by_model[model] = outcomes = {}
         losses = eval_losses(run, model)
-        for task, metrics in results.get("results", {}).items():
-            for key, value in metrics.items():
-                metric, _, flt = key.partition(",")
-                if metric != "acc" or not isinstance(value, (int, float)):
-                    continue
-                flt = flt or "none"
-                row = {
-                    "model": model, "label": model_label(model), "task": task, "filter": flt, "acc": float(value),
-                    "stderr": metrics.get(f"acc_stderr,{flt}"), "invalid_rate": metrics.get(f"invalid_rate,{flt}"),
-                    "sampling": _sampling(results, task),
-                }
-                row.update(_interval_and_check(outcomes.get((task, flt)), float(value),
-                                               (results.get("n-samples") or {}).get(task, {}).get("effective"), losses))
-                if model in UNTRAINED:  # a collapsed answer share describes them; "failed" is for training runs
-                    row["failed"] = False
-                rows.append(row)
+        for results, folder_outcomes in _result_folders(run["root"] / "eval" / model):
+            outcomes.update(folder_outcomes)
+            rows.extend(_rows_of(run, model, results, folder_outcomes, losses))
     for row in rows:
         row["vs_label_only"] = _paired_with_label_only(row, rows, outcomes_by_model)
+    return rows
+
+
+def _result_folders(folder: Path):
+    """(results, outcomes) of a model's evaluations: eval/<model>/ and its subfolders (eval/<model>/sc/: the
+    self-consistency score the pipeline adds for its best student)."""
+    for path in [folder / "results.json", *sorted(folder.glob("*/results.json"))]:
+        if path.is_file():
+            yield read_json(path), read_outcomes(path.parent)
+
+
+def _rows_of(run: dict, model: str, results: dict, outcomes: dict, losses) -> list[dict]:
+    rows = []
+    for task, metrics in results.get("results", {}).items():
+        for key, value in metrics.items():
+            metric, _, flt = key.partition(",")
+            if metric != "acc" or not isinstance(value, (int, float)):
+                continue
+            flt = flt or "none"
+            row = {
+                "model": model, "label": model_label(model), "task": task, "filter": flt, "acc": float(value),
+                "stderr": metrics.get(f"acc_stderr,{flt}"), "invalid_rate": metrics.get(f"invalid_rate,{flt}"),
+                "sampling": _sampling(results, task), "split": (results.get("scotd") or {}).get("split"),
+            }
+            row.update(_interval_and_check(outcomes.get((task, flt)), float(value),
+                                           (results.get("n-samples") or {}).get(task, {}).get("effective"), losses))
+            if model in UNTRAINED:  # a collapsed answer share describes them; "failed" is for training runs
+                row["failed"] = False
+            rows.append(row)
     return rows
 
 
@@ -198,7 +212,8 @@ def _accuracy_table(rows: list[dict]) -> str:
         vs = r["vs_label_only"]
         delta, p = (f"{100 * vs['difference']:+.1f}", _p(vs["p_value"])) if vs else ("", "")
         flag = "**FAILED**: " + "; ".join(r["flags"]) if r["failed"] else ""
-        out.append(f"| {r['label']} | {r['task']} | {_decoding(r)} | {r['n'] or ''} | {_pct(r['acc'])} | {ci} | "
+        task = r["task"] + (f" ({r['split']})" if r.get("split") not in (None, "validation") else "")
+        out.append(f"| {r['label']} | {task} | {_decoding(r)} | {r['n'] or ''} | {_pct(r['acc'])} | {ci} | "
                    f"{_pct(r['invalid_rate'])} | {top} | {delta} | {p} | {flag} |")
     return "\n".join(out) + "\n"
 
@@ -325,6 +340,48 @@ def _sheet_html(rows: list[dict]) -> str:
     )
 
 
+def student_rows(run: dict) -> list[dict]:
+    """What each trained student saw: questions, examples, learning rate, epochs, optimizer steps, wall time."""
+    rows = []
+    for meta_path in sorted((run["root"] / "students").glob("*/scotd.json")):
+        meta = read_json(meta_path)
+        corpus, training, result = meta.get("corpus") or {}, meta.get("training") or {}, meta.get("result") or {}
+        rows.append({"student": meta_path.parent.name, "target": meta.get("kind"),
+                     "questions": corpus.get("questions"), "examples": corpus.get("examples"),
+                     "learning_rate": training.get("learning_rate"), "epochs": training.get("num_train_epochs"),
+                     "steps": result.get("global_step"), "train_loss": result.get("train_loss"),
+                     "best_dev_loss": result.get("best_dev_loss"), "wall_s": result.get("wall_s")})
+    return rows
+
+
+def _students_table(rows: list[dict]) -> str:
+    def num(x, fmt):
+        return "" if x is None else format(x, fmt)
+
+    out = ["## Students\n", "| student | target | questions | examples | learning rate | epochs | steps | train loss | "
+           "best dev loss | wall s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out += [f"| {r['student']} | {r['target'] or ''} | {num(r['questions'], 'd')} | {num(r['examples'], 'd')} | "
+            f"{num(r['learning_rate'], 'g')} | {num(r['epochs'], 'g')} | {num(r['steps'], 'd')} | "
+            f"{num(r['train_loss'], '.4f')} | {num(r['best_dev_loss'], '.4f')} | {num(r['wall_s'], '.0f')} |"
+            for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def _tune_table(tune: dict) -> str:
+    """The learning-rate grid: every candidate's held-out score, and the rate each arm went on with."""
+    size = "all" if tune.get("questions") is None else tune["questions"]
+    out = [f"## Learning rate, tuned per arm\n\nEach arm trained on {size} questions once per rate of the grid "
+           f"{', '.join(format(r, 'g') for r in tune['grid'])}, scored on {tune.get('limit') or 'all'} "
+           f"`{tune['split']}` questions (never the evaluation split); the best rate per arm (a collapsed candidate, "
+           f"one answer to more than half of the questions, only when all are) trained it at every size.\n",
+           "| arm | learning rate | held-out accuracy % | n | top answer % | chosen |", "|---|---:|---:|---:|---:|---|"]
+    for rec in sorted(tune["scores"].values(), key=lambda r: (r["arm"], r["learning_rate"])):
+        chosen = "**yes**" if tune["chosen"].get(rec["arm"]) == rec["learning_rate"] else ""
+        out.append(f"| {rec['arm']} | {rec['learning_rate']:g} | {_pct(rec['accuracy'])} | {rec.get('n') or ''} | "
+                   f"{_pct(rec.get('most_common_share'))} | {chosen} |")
+    return "\n".join(out) + "\n"
+
+
 def _onnx_lines(meta: dict) -> list[str]:
     quant = meta.get("quantization") or {}
     what = f"{quant.get('bits')}-bit {quant.get('method')}" if quant else meta.get("dtype", "?")
@@ -353,10 +410,10 @@ DEMO_PREFACE = """> **Demonstration set, not a benchmark.** This run shows every
 >
 > **What it shows:** the student learns to write a rationale before its answer (see "Deployed student" below).
 > **What it does not show:** that rationales make the student more accurate. Its accuracy here says nothing about
-> the method; that needs a large teacher on a real task: `scotd pipeline --config run.yaml` with a config like the
-> README's (e.g. `task: csqa`, an `openai:` teacher at `api_base`, `n: 30`), or, from the PaLM-540B CommonsenseQA
-> chains, `scotd corpus import distilling-step-by-step --out corpus.jsonl` then `scotd train` and `scotd eval`
-> (`bench/distill_csqa.py` runs that study).
+> the method; that needs a large teacher on a real task: `scotd pipeline --preset csqa-palm` distils the released
+> PaLM-540B CommonsenseQA chains against label-only and human-explanation baselines (hours on two CPU cores; see
+> the README), and `scotd pipeline --config run.yaml` runs your own teacher (e.g. `task: csqa`, an `openai:`
+> teacher at `api_base`, `n: 30`).
 """
 
 
@@ -366,9 +423,13 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
     run = load_run(root)
     out = run["root"]
     cfg = run["config"]
-    parts = [(f"# SCoTD run report\n\nRun directory `{out.name}`: task **{cfg['task']}**, teacher `{cfg['teacher']}`, "
-             f"student `{cfg['student']}`, {cfg['n']} chains per question at temperature {cfg['temperature']}, "
-             f"filters {', '.join(cfg['filters'])}.\n")]
+    if cfg.get("corpus_source", "sample") == "sample":
+        source = (f"teacher `{cfg['teacher']}`, {cfg['n']} chains per question at temperature "
+                  f"{cfg['temperature']}")
+    else:
+        source = f"chains imported from `{cfg['corpus_source']}` (one per question)"
+    parts = [(f"# SCoTD run report\n\nRun directory `{out.name}`: task **{cfg['task']}**, {source}, "
+              f"student `{cfg['student']}`, filters {', '.join(cfg['filters'])}.\n")]
     if cfg["task"] == "demo":
         parts.append(DEMO_PREFACE)
 
@@ -383,6 +444,13 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
             f"{r['label']} on {r['task']} {r['filter']}: {', '.join(r['flags'])}" for r in failed) + ".\n")
     if _plot_accuracy(rows, out / "accuracy.png"):
         parts.append("![accuracy](accuracy.png)\n")
+
+    students = student_rows(run)
+    if students:
+        parts.append(_students_table(students))
+    tune = run["stages"].get("tune")
+    if tune:
+        parts.append(_tune_table(tune))
 
     runs = [run] + [load_run(r) for r in sweep]
     points = _plot_sweep(runs, out / "accuracy_vs_n.png")

@@ -8,12 +8,14 @@ from ..pipeline import STAGES, load_config, run_pipeline
 @click.command("pipeline")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="YAML file of settings (keys of PipelineConfig; see README). Without one: the demonstration run.")
+@click.option("--preset", help="A shipped config instead of --config: csqa-palm (the PaLM-540B CommonsenseQA "
+                               "study: SCoTD against label-only and CoS-E, tuned, with intervals; hours on 2 cores).")
 @click.option("--out", default="scotd-run", show_default=True, type=click.Path(file_okay=False),
               help="Run directory: every stage's outputs, stages.json and config.json.")
 @click.option("--from", "from_stage", type=click.Choice(STAGES), help="Rerun this stage and every stage after it.")
 @click.option("--until", type=click.Choice(STAGES), help="Stop after this stage.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write report.md and plots at the end.")
-def command(config_path, out, from_stage, until, report):
+def command(config_path, preset, out, from_stage, until, report):
     """Sample -> filter -> train -> evaluate -> export -> infer, in one run directory.
 
     \b
@@ -31,12 +33,18 @@ def command(config_path, out, from_stage, until, report):
         train: {num_train_epochs: 3, learning_rate: 2e-5}
 
     A finished stage is recorded in stages.json and skipped when the command runs again, so a killed run
-    resumes where it stopped; sampling and training also resume inside their stage.
+    resumes where it stopped; sampling, tuning, training and evaluation also resume inside their stage.
     """
+    if preset is not None:
+        if config_path is not None:
+            raise click.UsageError("give --config or --preset, not both")
+        from ..recipes import path
+
+        config_path = path(preset)
     cfg = load_config(config_path)
     say = lambda msg: click.echo(msg, err=True)  # noqa: E731
     run = run_pipeline(cfg, out, from_stage=from_stage, until=until, say=say)
-    if report and (until is None or until == STAGES[-1]):
+    if report and (until is None or until == run.stages[-1]):
         from ..report import write_report
 
         path = write_report(run.root)

@@ -1,0 +1,229 @@
+"""The arms-and-tuning pipeline (the `csqa-palm` preset's machinery) end to end on a synthetic data folder: an
+imported teacher corpus, three arms at two sizes on the same questions, a learning rate tuned per arm on
+train-holdout, transfer and self-consistency scores through scotd-onnx, the int4 export of the best student, the
+report; and a run killed inside the tune stage resuming at the next candidate.
+
+The student is a tiny random Llama (real training, export and lm-eval runs, in seconds): it checks the plumbing,
+not accuracy. The shipped preset itself is checked by loading it (its run takes hours).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny_students import make_tiny_student
+
+from scotd_harness.datasets import in_holdout
+from scotd_harness.pipeline import load_config
+
+LETTERS = "ABCDE"
+OBJECTS = ["cup", "book", "lamp", "spoon", "chair", "shoe", "coat", "plate", "clock", "brush", "towel", "key"]
+PLACES = ["kitchen", "library", "office", "garage", "garden", "bedroom", "school", "market", "station", "park"]
+
+
+def write_data(root: Path, fixtures: Path, train: int = 70, dev: int = 8) -> Path:
+    """commonsenseqa/ (official layout), distilling_step_by_step_cqa/ (PaLM release layout, one chain per train
+    question, a few of them wrong), cose_v1.11/ (one explanation per question) and the fixture QuaRel files."""
+    rng = random.Random(0)
+
+    def question(i: int, split: str) -> dict:
+        thing = OBJECTS[i % len(OBJECTS)]
+        places = rng.sample(PLACES, 5)
+        return {"answerKey": rng.choice(LETTERS), "id": f"syn-{split}-{i}",
+                "question": {"question_concept": thing, "stem": f"Where would you put a {thing} number {i}?",
+                             "choices": [{"label": lab, "text": t} for lab, t in zip(LETTERS, places)]}}
+
+    csqa = root / "commonsenseqa"
+    csqa.mkdir(parents=True)
+    splits = {"train": [question(i, "train") for i in range(train)], "dev": [question(i, "dev") for i in range(dev)]}
+    for split, rows in splits.items():
+        (csqa / f"{split}_rand_split.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    dss = root / "distilling_step_by_step_cqa"
+    (dss / "llm").mkdir(parents=True)
+    records, chains = [], []
+    for i, q in enumerate(splits["train"]):
+        choices = [c["text"] for c in q["question"]["choices"]]
+        gold = LETTERS.index(q["answerKey"])
+        said = gold if i % 10 != 3 else (gold + 1) % 5  # every tenth chain answers wrongly: `correct` drops it
+        records.append({"id": q["id"], "question": q["question"]["stem"], "choices": choices, "answer": choices[gold]})
+        chains.append(f"A {q['question']['question_concept']} is kept in the {choices[said]}. So the answer is "
+                      f"({'abcde'[said]}) {choices[said]}.\n\nQ: the next exemplar")
+    (dss / "cqa_train.json").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (dss / "llm" / "train_CoT_0.json").write_text(json.dumps(chains))
+
+    cose = root / "cose_v1.11"
+    cose.mkdir()
+    (cose / "cose_train_v1.11.jsonl").write_text("".join(
+        json.dumps({"id": q["id"], "explanation": {"open-ended": f"people keep it in the {q['question']['choices'][0]['text']}",
+                                                   "selected": ""}}) + "\n" for q in splits["train"]))
+    shutil.copytree(fixtures / "data" / "quarel", root / "quarel")
+    return root
+
+
+def recipe(student: Path, data: Path) -> str:
+    return f"""
+task: csqa
+corpus_source: distilling-step-by-step
+data_dir: {data}
+student: {student}
+train_split: train-fit
+filters: [correct]
+arms: [label_only, scotd, cose]
+train_sizes:
+  - {{questions: 12}}
+  - {{questions: null, train: {{num_train_epochs: 1}}}}
+tune: {{learning_rate: [1.0e-4, 3.0e-3], split: train-holdout, limit: 4}}
+train: {{num_train_epochs: 1, per_device_train_batch_size: 4, max_length: 96, dev_fraction: 0.0, logging_steps: 1,
+         disable_tqdm: true, save_steps: 2}}
+eval_backend: onnx
+eval_limit: 4
+eval_batch_size: 4
+eval_max_new_tokens: 12
+max_new_tokens: 12
+transfer_tasks: ["quarel:train"]
+self_consistency: true
+sc_samples: 8
+export_quantize: int4
+export_accuracy_sample: 2
+infer_questions: 2
+"""
+
+
+#: the pipeline, SIGKILLed when the second training of the run begins (the callback is the only change)
+KILL_AT_SECOND_TRAINING = """
+import os, signal, sys
+from transformers import TrainerCallback
+import scotd_harness.train as training
+
+class Kill(TrainerCallback):
+    def on_train_begin(self, args, state, control, **kw):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+real, calls = training.train, []
+def train(cfg, callbacks=None):
+    calls.append(cfg.output_dir)
+    return real(cfg, callbacks=(callbacks or []) + ([Kill()] if len(calls) == 2 else []))
+training.train = train
+from scotd_harness.cli import cli
+cli(sys.argv[1:])
+"""
+
+
+def _run(args, env, script: Path | None = None):
+    cmd = [sys.executable, str(script)] if script else [sys.executable, "-m", "scotd_harness.cli"]
+    return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=1200, check=False)
+
+
+def test_the_shipped_preset_loads_and_names_its_students():
+    from scotd_harness.arms import students
+    from scotd_harness.pipeline import stages_of
+    from scotd_harness.recipes import names, path
+
+    assert "csqa-palm" in names()
+    cfg = load_config(path("csqa-palm"))
+    assert stages_of(cfg) == ("sample", "filter", "tune", "train", "evaluate", "export", "infer")
+    assert [s.name for s in students(cfg)] == ["label_only_2k", "scotd_2k", "cose_2k", "label_only", "scotd", "cose"]
+    assert cfg.tune.split == "train-holdout" and cfg.train_split == "train-fit" and cfg.eval_split == "validation"
+
+
+def test_tuning_on_the_test_split_or_on_trained_questions_is_refused(tmp_path):
+    from scotd_harness.errors import ScotdError
+    from scotd_harness.pipeline import PipelineConfig
+
+    with pytest.raises(ScotdError, match="needs train_split: train-fit"):
+        PipelineConfig.from_dict({"tune": {"learning_rate": [1e-4]}})
+    with pytest.raises(ScotdError, match="evaluation split"):
+        PipelineConfig.from_dict({"tune": {"learning_rate": [1e-4], "split": "validation"}})
+    with pytest.raises(ScotdError, match="remove learning_rate"):
+        PipelineConfig.from_dict({"train_split": "train-fit", "tune": {"learning_rate": [1e-4]},
+                                  "train": {"learning_rate": 1e-3}})
+    with pytest.raises(ScotdError, match="cose arm explains CSQA"):
+        PipelineConfig.from_dict({"task": "quarel", "arms": ["scotd", "cose"]})
+
+
+@pytest.mark.slow
+def test_arms_tuned_evaluated_exported_and_resumed(tmp_path, fixtures_dir, embedded_model_dir):
+    from scotd_harness.arms import subsample
+
+    data = write_data(tmp_path / "data", fixtures_dir)
+    student = make_tiny_student("llama", tmp_path / "tiny-llama", embedded_model_dir)
+    config = tmp_path / "recipe.yaml"
+    config.write_text(recipe(student, data))
+    run = tmp_path / "run"
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2", "SCOTD_DATA_DIR": str(data)}
+    args = ["pipeline", "--config", str(config), "--out", str(run)]
+
+    # import + filter: every arm's corpus on the same answer-filtered train-fit questions, the 12 among all of them
+    first = _run([*args, "--until", "filter"], env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    corpora = {p.stem: [json.loads(line) for line in p.read_text().splitlines()]
+               for p in [run / "corpus.filtered.jsonl", *sorted((run / "corpora").glob("*.jsonl"))]}
+    assert set(corpora) == {"corpus.filtered", "chains_12", "cose", "cose_12"}
+    full = {r["id"] for r in corpora["corpus.filtered"]}
+    assert full == {r["id"] for r in corpora["cose"]}
+    assert all(r["correct"] and not in_holdout(r["id"]) for r in corpora["corpus.filtered"])
+    assert len(full) == sum(1 for i in range(70) if i % 10 != 3 and not in_holdout(f"syn-train-{i}"))
+    small = {r["id"] for r in corpora["chains_12"]}
+    assert small == {r["id"] for r in corpora["cose_12"]} == subsample(full, 12, 0) and len(small) == 12
+    assert all(r["teacher"].startswith("human:cose") for r in corpora["cose_12"])
+
+    # killed as the second tuning candidate starts training; the rerun keeps the first candidate's score
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_AT_SECOND_TRAINING)
+    killed = _run([*args, "--until", "tune"], env, script)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    scores = json.loads((run / "tune" / "scores.json").read_text())
+    assert list(scores) == ["label_only_12 lr0.0001"]
+
+    rest = _run(args, env)
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert "label_only_12 lr0.0001: trained already" not in rest.stderr  # scored already: not even reopened
+    assert "tune label_only_12 at learning rate 0.0001" not in rest.stderr
+    state = json.loads((run / "stages.json").read_text())["stages"]
+    assert list(state) == ["sample", "filter", "tune", "train", "evaluate", "export", "infer"]
+    tune = state["tune"]
+    assert tune["grid"] == [1e-4, 3e-3] and set(tune["chosen"]) == {"label_only", "scotd", "cose"}
+    assert len(tune["scores"]) == 6 and all(s["n"] == 4 for s in tune["scores"].values())
+    for arm, rate in tune["chosen"].items():
+        # the tuned student is the 12-question student; the full-corpus one trained at the same rate
+        for name in (f"{arm}_12", arm):
+            meta = json.loads((run / "students" / name / "scotd.json").read_text())
+            assert meta["training"]["learning_rate"] == rate
+        assert not (run / "tune" / f"{arm}_12" / f"lr{rate:g}").exists()
+        loser = 3e-3 if rate == 1e-4 else 1e-4
+        assert not list((run / "tune" / f"{arm}_12" / f"lr{loser:g}").glob("*.safetensors"))
+    assert json.loads((run / "students" / "scotd" / "scotd.json").read_text())["training"]["num_train_epochs"] == 1
+
+    for name in ("undistilled", "label_only_12", "scotd_12", "cose_12", "label_only", "scotd", "cose"):
+        results = json.loads((run / "eval" / name / "results.json").read_text())
+        assert results["scotd"]["model_type"] == "scotd-onnx"
+        direct = "_direct" if name.startswith("label_only") else ""
+        assert set(results["results"]) == {f"scotd_csqa{direct}"} and results["scotd"]["split"] == "validation"
+        transfer = json.loads((run / "eval" / name / "train-split" / "results.json").read_text())
+        assert set(transfer["results"]) == {f"scotd_quarel{direct}"} and transfer["scotd"]["split"] == "train"
+    best = state["export"]["student"]
+    assert best in ("scotd_12", "cose_12", "scotd", "cose")
+    sc = json.loads((run / "eval" / best / "sc" / "results.json").read_text())
+    assert sc["scotd"]["sc_samples"] == 8 and "scotd_csqa_sc" in sc["results"]
+    assert json.loads((run / "onnx" / "scotd.json").read_text())["quantization"]["bits"] == 4
+
+    report = (run / "report.md").read_text()
+    assert "## Learning rate, tuned per arm" in report and "## Students" in report
+    assert "chains imported from `distilling-step-by-step`" in report and "| scotd_quarel (train) |" in report
+    rows = json.loads((run / "report.json").read_text())["arms"]
+    assert {(r["model"], r["task"]) for r in rows} >= {("scotd", "scotd_csqa"), ("cose_12", "scotd_quarel"),
+                                                        (best, "scotd_csqa_sc")}
+    paired = next(r for r in rows if r["model"] == "scotd_12" and r["task"] == "scotd_csqa")
+    assert paired["vs_label_only"]["against"].startswith("label_only_12 scotd_csqa_direct")
+
+    again = _run(args, env)
+    assert again.returncode == 0 and again.stderr.count("done already, skipped") == 7
