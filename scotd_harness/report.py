@@ -367,13 +367,23 @@ def _students_table(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _tune_so_far(run: dict) -> dict | None:
+    """A tune stage still running: the candidates scored so far (tune/scores.json), no rate chosen yet."""
+    scores, tune = run["root"] / "tune" / "scores.json", run["config"].get("tune")
+    if not tune or not scores.is_file():
+        return None
+    return {"grid": tune["learning_rate"], "questions": tune.get("questions"), "split": tune["split"],
+            "limit": tune.get("limit"), "chosen": {}, "scores": read_json(scores), "in_progress": True}
+
+
 def _tune_table(tune: dict) -> str:
     """The learning-rate grid: every candidate's held-out score, and the rate each arm went on with."""
     size = "all" if tune.get("questions") is None else tune["questions"]
     out = [f"## Learning rate, tuned per arm\n\nEach arm trained on {size} questions once per rate of the grid "
            f"{', '.join(format(r, 'g') for r in tune['grid'])}, scored on {tune.get('limit') or 'all'} "
            f"`{tune['split']}` questions (never the evaluation split); the best rate per arm (a collapsed candidate, "
-           f"one answer to more than half of the questions, only when all are) trained it at every size.\n",
+           f"one answer to more than half of the questions, only when all are) trained it at every size."
+           + (" **In progress**: the candidates scored so far.\n" if tune.get("in_progress") else "\n"),
            "| arm | learning rate | held-out accuracy % | n | top answer % | chosen |", "|---|---:|---:|---:|---:|---|"]
     for rec in sorted(tune["scores"].values(), key=lambda r: (r["arm"], r["learning_rate"])):
         chosen = "**yes**" if tune["chosen"].get(rec["arm"]) == rec["learning_rate"] else ""
@@ -448,7 +458,7 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
     students = student_rows(run)
     if students:
         parts.append(_students_table(students))
-    tune = run["stages"].get("tune")
+    tune = run["stages"].get("tune") or _tune_so_far(run)
     if tune:
         parts.append(_tune_table(tune))
 
@@ -464,7 +474,7 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
 
         parts.append("## Teacher corpus\n\n```\n" + format_stats(corpus_stats(read_corpus(corpus))) + "\n```\n")
         filtered = run["stages"].get("filter")
-        if filtered:
+        if filtered and {"chains_kept", "chains_in", "questions_kept"} <= set(filtered):
             parts.append(f"After filtering: {filtered['chains_kept']} of {filtered['chains_in']} chains, "
                          f"{filtered['questions_kept']} questions.\n")
 

@@ -146,7 +146,7 @@ def test_pipeline_accepts_an_onnx_teacher_and_names_a_bad_directory(onnx_student
     assert len(rows) == 3 and {r.sample_index for r in rows} == {0, 1, 2}
     assert all(r.teacher == cfg.teacher and len(r.extra["token_logprobs"]) == r.num_tokens for r in rows)
     # the evaluate stage scores the teacher with its few-shot prompt through lm-eval's scotd-onnx model
-    assert evaluated_models(run)["teacher"] == (str(onnx_student_dir), "_fewshot", "scotd-onnx")
+    assert evaluated_models(run)["teacher"] == (str(onnx_student_dir), {None: ["scotd_demo_fewshot"]}, "scotd-onnx")
 
     not_export = tmp_path / "plain"
     not_export.mkdir()

@@ -150,6 +150,35 @@ def test_tuning_on_the_test_split_or_on_trained_questions_is_refused(tmp_path):
         PipelineConfig.from_dict({"task": "quarel", "arms": ["scotd", "cose"]})
 
 
+def test_the_rate_chosen_is_the_best_held_out_score_and_never_a_collapsed_one():
+    from scotd_harness.pipeline import choose_rate
+
+    def cand(rate, acc, share):
+        return {"learning_rate": rate, "accuracy": acc, "most_common_share": share}
+
+    assert choose_rate([cand(5e-5, 0.30, 0.3), cand(1e-4, 0.35, 0.3), cand(2e-4, 0.33, 0.2)])["learning_rate"] == 1e-4
+    # 2e-4 answers (d) to 90% of the questions and scores best on a holdout where (d) is common: not chosen
+    assert choose_rate([cand(5e-5, 0.30, 0.3), cand(2e-4, 0.40, 0.9)])["learning_rate"] == 5e-5
+    assert choose_rate([cand(5e-5, 0.20, 0.8), cand(2e-4, 0.25, 0.9)])["learning_rate"] == 2e-4  # all collapsed
+    assert choose_rate([cand(1e-4, 0.30, 0.3), cand(5e-5, 0.30, 0.3)])["learning_rate"] == 5e-5  # tie: smaller
+
+
+def test_preset_corpus_on_the_real_files(tmp_path, data_dir):
+    """The csqa-palm preset's import and filter stages on the real data: the README's question count, every
+    question with a PaLM chain that answers correctly and a CoS-E explanation, none from train-holdout."""
+    env = {**os.environ, "SCOTD_DATA_DIR": str(data_dir)}
+    run = tmp_path / "run"
+    done = _run(["pipeline", "--preset", "csqa-palm", "--out", str(run), "--until", "filter"], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads((run / "stages.json").read_text())["stages"]
+    assert state["sample"]["chains"] == 9741 and state["filter"]["questions_kept"] == 6658
+    corpora = state["filter"]["corpora"]
+    assert corpora["chains"]["questions"] == corpora["cose"]["questions"] == 6658
+    assert corpora["chains_2k"]["questions"] == corpora["cose_2k"]["questions"] == 2000
+    ids = {json.loads(line)["id"] for line in (run / "corpus.filtered.jsonl").read_text().splitlines()}
+    assert not any(in_holdout(i) for i in ids)
+
+
 @pytest.mark.slow
 def test_arms_tuned_evaluated_exported_and_resumed(tmp_path, fixtures_dir, embedded_model_dir):
     from scotd_harness.arms import subsample
@@ -227,3 +256,11 @@ def test_arms_tuned_evaluated_exported_and_resumed(tmp_path, fixtures_dir, embed
 
     again = _run(args, env)
     assert again.returncode == 0 and again.stderr.count("done already, skipped") == 7
+
+    # an evaluate stage killed after its models were scored resumes without scoring any again
+    from scotd_harness.pipeline import Run
+
+    Run(run, load_config(config)).forget("evaluate")
+    redo = _run([*args, "--until", "evaluate"], env)
+    assert redo.returncode == 0, redo.stderr[-3000:]
+    assert redo.stderr.count("evaluated already") == 7 * 2 + 1 and "exporting" not in redo.stderr

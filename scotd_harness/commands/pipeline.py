@@ -14,9 +14,10 @@ from ..pipeline import STAGES, load_config, run_pipeline
               help="Run directory: every stage's outputs, stages.json and config.json.")
 @click.option("--from", "from_stage", type=click.Choice(STAGES), help="Rerun this stage and every stage after it.")
 @click.option("--until", type=click.Choice(STAGES), help="Stop after this stage.")
-@click.option("--report/--no-report", default=True, show_default=True, help="Write report.md and plots at the end.")
+@click.option("--report/--no-report", default=True, show_default=True,
+              help="Write report.md and plots after every stage (see `scotd report`).")
 def command(config_path, preset, out, from_stage, until, report):
-    """Sample -> filter -> train -> evaluate -> export -> infer, in one run directory.
+    """Sample -> filter -> (tune) -> train -> evaluate -> export -> infer, in one run directory.
 
     \b
     With no --config it runs offline on the embedded SmolLM2-135M-Instruct (teacher and student) and the
@@ -31,6 +32,9 @@ def command(config_path, preset, out, from_stage, until, report):
         temperature: 1.0
         filters: [correct]
         train: {num_train_epochs: 3, learning_rate: 2e-5}
+    --preset csqa-palm runs the shipped PaLM-540B CommonsenseQA study: SCoTD, label-only and CoS-E arms on
+    the same questions at 2k and all, each arm's learning rate tuned on train-holdout, transfer tasks,
+    self-consistency, intervals and paired tests (about 10 hours on two CPU cores; needs SCOTD_DATA_DIR).
 
     A finished stage is recorded in stages.json and skipped when the command runs again, so a killed run
     resumes where it stopped; sampling, tuning, training and evaluation also resume inside their stage.
@@ -43,10 +47,18 @@ def command(config_path, preset, out, from_stage, until, report):
         config_path = path(preset)
     cfg = load_config(config_path)
     say = lambda msg: click.echo(msg, err=True)  # noqa: E731
-    run = run_pipeline(cfg, out, from_stage=from_stage, until=until, say=say)
-    if report and (until is None or until == run.stages[-1]):
-        from ..report import write_report
+    from ..report import write_report
 
-        path = write_report(run.root)
-        say(f"report: {path}")
+    def after(run) -> None:
+        """The report, rewritten after every stage: a run that takes hours shows what it has so far. A report
+        that cannot be written is said and skipped here: the stage is recorded, and the run goes on."""
+        try:
+            write_report(run.root)
+        except Exception as e:  # noqa: BLE001 - the final report below raises it
+            say(f"report not updated ({type(e).__name__}: {e}); the run goes on")
+
+    run = run_pipeline(cfg, out, from_stage=from_stage, until=until, say=say,
+                       after_stage=after if report else None)
+    if report:
+        say(f"report: {write_report(run.root)}")
     click.echo(str(run.root))

@@ -1,0 +1,305 @@
+"""The pipeline stages that make and score students: tune, train, evaluate, export.
+
+Which students a run has (arms x sizes) is scotd_harness.arms; the run directory and the stage runner are
+scotd_harness.pipeline. Each stage here resumes inside itself: a student whose scotd.json exists is kept, a
+training resumes from its newest checkpoint, a tuning candidate recorded in tune/scores.json is not redone, and a
+model whose results are in place (same tasks, split, limit) is not scored again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import typing
+from pathlib import Path
+
+from . import atomic
+from .errors import ScotdError
+
+if typing.TYPE_CHECKING:
+    from .pipeline import PipelineConfig, Run
+
+
+def _train_one(run: Run, out: Path, student, learning_rate: float | None, say) -> Path:
+    """Train one student into `out`, resuming from its newest Trainer checkpoint when a killed run left one.
+
+    A student whose scotd.json exists finished training (it is written last) and is kept. Once a student is saved
+    its checkpoints (optimizer state included: about 12 bytes a parameter) are deleted: they only serve resumption.
+    A stale checkpoint cannot leak in: the run directory is tied to one config and `--from` at or before `train`
+    removes the students first."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .arms import corpus_path
+    from .train import SCOTD_JSON, DistillConfig, train
+
+    if (out / SCOTD_JSON).is_file():
+        say(f"  {out.relative_to(run.root)}: trained already (its {SCOTD_JSON} exists), kept")
+        return out
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if last:
+        say(f"  {student.name}: resuming from {Path(last).name} (a Trainer checkpoint of the interrupted run)")
+    options = {"seed": run.cfg.seed, **run.cfg.train, **student.train}
+    if learning_rate is not None:
+        options["learning_rate"] = learning_rate
+    cfg = DistillConfig(student=run.cfg.student, corpus=str(corpus_path(run.root, student.corpus)),
+                        task=run.cfg.task, label_only=student.label_only, output_dir=str(out),
+                        resume_from_checkpoint="last", **options)
+    train(cfg, callbacks=[_no_final_checkpoint()])
+    for checkpoint in out.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    return out
+
+
+def _no_final_checkpoint():
+    """A TrainerCallback that skips the checkpoint the Trainer writes after the last step: the student is saved
+    right then, so that checkpoint (about 12 bytes a parameter) would only be written to be deleted. Kept when the
+    best checkpoint is loaded at the end, which needs it."""
+    from transformers import TrainerCallback
+
+    class NoFinalCheckpoint(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps and not args.load_best_model_at_end:
+                control.should_save = False
+
+    return NoFinalCheckpoint()
+
+
+def _rate_name(learning_rate: float) -> str:
+    return f"lr{learning_rate:g}"
+
+
+def _tune_size(cfg: PipelineConfig) -> int | None:
+    return cfg.tune.questions if cfg.tune.questions is not None else cfg.train_sizes[0].questions
+
+
+def stage_tune(run: Run, say) -> dict:
+    """Each arm at the tuning size, once per learning rate of the grid, scored on held-out train questions; the
+    best rate per arm is recorded (tune/scores.json, and this stage's summary). Candidates finish one by one and
+    are recorded as they do, so a killed stage resumes at the next candidate (a candidate's training resumes from
+    its checkpoint). The losing candidates' weights are deleted at the end; their scores stay."""
+    from .arms import students
+
+    cfg = run.cfg
+    tune = cfg.tune
+    size = _tune_size(cfg)
+    scores_path = run.tune_dir / "scores.json"
+    scores = json.loads(scores_path.read_text(encoding="utf-8")) if scores_path.is_file() else {}
+    candidates = [s for s in students(cfg) if s.questions == size]
+    for student in candidates:
+        for rate in tune.learning_rate:
+            key = f"{student.name} {_rate_name(rate)}"
+            if key in scores:
+                continue
+            out = run.tune_dir / student.name / _rate_name(rate)
+            say(f"  tune {student.name} at learning rate {rate:g}")
+            _train_one(run, out, student, rate, say)
+            result = _score(run, student.name, str(out), [student.task(cfg.task)], run.tune_dir / "eval" / key.replace(" ", "_"),
+                            split=tune.split, limit=tune.limit, say=say)
+            scores[key] = {"arm": student.arm, "learning_rate": rate, "accuracy": result["accuracy"],
+                           "n": result["n"], "most_common_share": result["most_common_share"],
+                           "dev_losses": _dev_losses(out)}
+            atomic.write_json(scores_path, scores)
+    chosen = {}
+    for student in candidates:
+        best = choose_rate([scores[f"{student.name} {_rate_name(rate)}"] for rate in tune.learning_rate])
+        chosen[student.arm] = best["learning_rate"]
+        say(f"  {student.arm}: learning rate {best['learning_rate']:g} (accuracy {best['accuracy']:.3f} on "
+            f"{best['n']} {tune.split} questions)")
+        for rate in tune.learning_rate:
+            if rate != best["learning_rate"]:
+                _drop_weights(run.tune_dir / student.name / _rate_name(rate))
+    return {"grid": list(tune.learning_rate), "questions": size, "split": tune.split, "limit": tune.limit,
+            "chosen": chosen, "scores": scores}
+
+
+def choose_rate(candidates: list[dict]) -> dict:
+    """The candidate with the best held-out accuracy, the smaller rate on a tie; a collapsed one (one answer to
+    more than half of the questions: stats.check_run's rule) only when every candidate collapsed, since its
+    accuracy is the share of that letter among the gold answers, not learning."""
+    from .stats import COLLAPSE_SHARE
+
+    def key(c: dict):
+        collapsed = c["most_common_share"] is not None and c["most_common_share"] > COLLAPSE_SHARE
+        return (not collapsed, c["accuracy"], -c["learning_rate"])
+
+    return max(candidates, key=key)
+
+
+def _drop_weights(student_dir: Path) -> None:
+    """A losing tuning candidate: its weights and exports go, its scotd.json (losses, settings) stays."""
+    if not student_dir.is_dir():
+        return
+    for path in student_dir.iterdir():
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.suffix in (".safetensors", ".bin", ".onnx", ".data"):
+            path.unlink()
+
+
+def _dev_losses(student_dir: Path) -> list | None:
+    from .train import SCOTD_JSON
+
+    meta = student_dir / SCOTD_JSON
+    return json.loads(meta.read_text(encoding="utf-8")).get("result", {}).get("eval_losses") if meta.is_file() else None
+
+
+def stage_train(run: Run, say) -> dict:
+    """Every student of the run; a student of the tuning size is the tuned candidate itself, moved into place."""
+    from .arms import students
+
+    cfg = run.cfg
+    chosen = run.state().get("tune", {}).get("chosen", {}) if cfg.tune else {}
+    summary = {}
+    for student in students(cfg):
+        out = run.students / student.name
+        rate = chosen.get(student.arm)
+        tuned = run.tune_dir / student.name / _rate_name(rate) if rate is not None else None
+        if tuned is not None and student.questions == _tune_size(cfg) and not out.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tuned, out)
+            say(f"  {student.name}: the tuned student (learning rate {rate:g})")
+        else:
+            _train_one(run, out, student, rate, say)
+        summary[student.name] = str(out.relative_to(run.root))
+        say(f"  {student.name}: {out}")
+    return summary
+
+
+#: teacher backend -> the lm-eval model type that evaluates it (an `openai:` endpoint is not evaluated)
+TEACHER_MODEL_TYPES = {"hf": "hf", "onnx": "scotd-onnx"}
+
+
+def evaluated_models(run: Run) -> dict[str, tuple[str, dict[str | None, list[str]], str]]:
+    """name -> (model, {split: lm-eval tasks}, lm-eval model type): what the evaluate stage scores, in the
+    report's order. Students are scored with `eval_backend` (see `_score`) on the run's task and the transfer tasks
+    (split None: eval_split)."""
+    from .arms import Student, students
+
+    cfg = run.cfg
+    models = {}
+    backend, _, teacher = cfg.teacher.partition(":")
+    if cfg.evaluate_teacher and cfg.corpus_source == "sample" and backend in TEACHER_MODEL_TYPES:
+        models["teacher"] = (teacher, {None: [f"scotd_{cfg.task}_fewshot"]}, TEACHER_MODEL_TYPES[backend])
+
+    def tasks_of(student: Student) -> dict[str | None, list[str]]:
+        by_split: dict[str | None, list[str]] = {None: [student.task(cfg.task)]}
+        for item in cfg.transfer_tasks:
+            task, _, split = item.partition(":")
+            by_split.setdefault(split or None, []).append(student.task(task))
+        return by_split
+
+    models["undistilled"] = (cfg.student, tasks_of(Student("undistilled", None)), cfg.eval_backend)
+    for student in students(cfg):
+        models[student.name] = (str(run.students / student.name), tasks_of(student), cfg.eval_backend)
+    return models
+
+
+def _eval_model(run: Run, name: str, model: str, say) -> tuple[str, str]:
+    """(model, lm-eval model type) for a student under `eval_backend`: `onnx` exports it to fp32 first (kept in
+    `<student>/onnx-fp32`, or onnx-eval/<name> for a hub model; the export checks parity with PyTorch)."""
+    if run.cfg.eval_backend == "hf":
+        return model, "hf"
+    from .export.exporter import export
+
+    path = Path(model)
+    # a student of this run keeps its export beside its weights (it moves with a tuned student); a model from
+    # elsewhere (the base student) is never written into: its export goes under the run
+    ours = path.is_dir() and run.root.resolve() in path.resolve().parents
+    target = path / "onnx-fp32" if ours else run.root / "onnx-eval" / name
+    if not (target / "scotd.json").is_file():  # an export is atomic: scotd.json means it passed its checks
+        say(f"  {name}: exporting to fp32 ONNX for scotd-onnx ({target.relative_to(run.root)})")
+        export(model, target, dtype="fp32", overwrite=True, accuracy_sample=0, data_dir=run.cfg.data_dir)
+    return str(target), "scotd-onnx"
+
+
+def _score(run: Run, name: str, model: str, tasks: list[str], out: Path, split: str | None = None,
+           limit: int | None = None, sc_samples: int | None = None, model_type: str | None = None, say=print) -> dict:
+    """Evaluate one model on `tasks` into `out` (skipped when `out` holds results of the same tasks, limit and
+    split: a killed evaluate stage resumes at the next model); returns the first task's accuracy and answer share."""
+    from .eval_samples import read_outcomes
+    from .evaluate import evaluate
+    from .stats import check_run
+
+    results_file = out / "results.json"
+    previous = json.loads(results_file.read_text(encoding="utf-8")).get("scotd", {}) if results_file.is_file() else {}
+    wanted = {"tasks": tasks, "limit": limit, "split": split or "validation", "sc_samples": sc_samples}
+    if any(previous.get(k) != v for k, v in wanted.items()):
+        if model_type is None:
+            model, model_type = _eval_model(run, name, model, say)
+        output = evaluate(model, tasks, model_type=model_type, limit=limit, batch_size=run.cfg.eval_batch_size,
+                          output_dir=out, split=split, data_dir=run.cfg.data_dir, seed=run.cfg.seed, log_samples=True,
+                          max_gen_toks=run.cfg.eval_max_new_tokens, sc_samples=sc_samples)
+        say(f"  {name}:\n" + "\n".join("    " + line for line in output.table.splitlines()))
+    else:
+        say(f"  {name}: evaluated already ({out.relative_to(run.root)})")
+    results = json.loads(results_file.read_text(encoding="utf-8"))
+    metrics = results["results"][tasks[0]]
+    key = next(k for k in metrics if k.startswith("acc,"))
+    outcomes = read_outcomes(out).get((tasks[0], key.partition(",")[2]), {})
+    check = check_run([o.prediction for o in outcomes.values()], None)
+    return {"accuracy": metrics[key], "n": len(outcomes) or None,
+            "most_common_share": check.most_common_share if outcomes else None,
+            "results": str(results_file.relative_to(run.root))}
+
+
+def best_student(run: Run) -> str:
+    """The distilled (not label-only) student with the best greedy accuracy on the run's task; `scotd` when the
+    evaluate stage has not scored any. This one is exported, and scored by self-consistency."""
+    from .arms import students
+
+    best, best_acc = "scotd" if "scotd" in run.cfg.arm_names else None, -1.0
+    for student in students(run.cfg):
+        results = run.eval_dir / student.name / "results.json"
+        if student.label_only or not results.is_file():
+            continue
+        metrics = json.loads(results.read_text(encoding="utf-8"))["results"].get(student.task(run.cfg.task), {})
+        acc = next((v for k, v in metrics.items() if k.startswith("acc,")), None)
+        if acc is not None and acc > best_acc:
+            best, best_acc = student.name, acc
+    if best is None:
+        raise ScotdError("no distilled student in this run (arms has only label_only)")
+    return best
+
+
+def stage_evaluate(run: Run, say) -> dict:
+    cfg = run.cfg
+    summary = {}
+    for name, (model, by_split, model_type) in evaluated_models(run).items():
+        fixed_type = model_type if name == "teacher" else None
+        for split, tasks in by_split.items():
+            # the run's own split in eval/<name>/; another split of a transfer task in a folder of its own
+            out = run.eval_dir / name / (f"{split}-split" if split else "")
+            key = name + (f" {split}" if split else "")
+            summary[key] = _score(run, name, model, tasks, out, split=split or cfg.eval_split,
+                                  limit=cfg.eval_limit, model_type=fixed_type, say=say)
+            summary[key]["tasks"] = tasks
+    if cfg.self_consistency:
+        best = best_student(run)
+        task = f"scotd_{cfg.task}_sc"
+        summary[f"{best} sc"] = _score(run, best, str(run.students / best), [task], run.eval_dir / best / "sc",
+                                       split=cfg.eval_split, limit=cfg.eval_limit, sc_samples=cfg.sc_samples, say=say)
+        summary[f"{best} sc"]["tasks"] = [task]
+    return summary
+
+
+def stage_export(run: Run, say) -> dict:
+    """The best distilled student: fp32 export (kept in onnx-fp32/ when quantising, or the one the evaluate stage
+    made, so the slow graph export runs once per student), then the quantised one derived from it; each is swapped
+    in only after its checks pass."""
+    from .export.exporter import export
+
+    cfg = run.cfg
+    best = best_student(run)
+    student = run.students / best
+    fp32_dir = run.onnx_fp32
+    if cfg.eval_backend == "onnx" and (student / "onnx-fp32" / "scotd.json").is_file():
+        fp32_dir = student / "onnx-fp32"
+    export(student, run.onnx, quantization=cfg.export_quantize,
+           fp32_dir=fp32_dir if cfg.export_quantize else None, accuracy_sample=cfg.export_accuracy_sample,
+           accuracy_task=cfg.task, accuracy_split=cfg.eval_split, data_dir=cfg.data_dir, overwrite=True,
+           progress=lambda msg: say("  " + msg))
+    summary = {"student": best, "onnx": str(run.onnx.relative_to(run.root)), "quantize": cfg.export_quantize}
+    if cfg.export_quantize:
+        summary["onnx_fp32"] = str(fp32_dir.relative_to(run.root))
+    return summary
