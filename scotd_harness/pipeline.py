@@ -37,6 +37,8 @@ from .student_stages import (  # the stages that make and score students
 
 log = logging.getLogger(__name__)
 
+#: named corpus sources; any other value of `corpus_source` is a corpus file
+CORPUS_SOURCES = ("sample", "distilling-step-by-step")
 #: every stage in run order; `tune` runs only in a run with a learning-rate grid (see `stages_of`)
 STAGES = ("sample", "filter", "tune", "train", "evaluate", "export", "infer")
 STATE_FILE = "stages.json"
@@ -97,9 +99,12 @@ class PipelineConfig(BaseModel):
 
     #: dataset task of the registry (csqa, quarel, openbookqa, ..., or demo)
     task: str = "csqa"
-    #: where the chains come from: `sample` (from `teacher`) or `distilling-step-by-step` (the released PaLM-540B
-    #: CSQA chains, one per train question, imported from $SCOTD_DATA_DIR or data_dir)
-    corpus_source: typing.Literal["sample", "distilling-step-by-step"] = "sample"
+    #: where the chains come from: `sample` (from `teacher`), `distilling-step-by-step` (the released PaLM-540B
+    #: CSQA chains, one per train question, imported from $SCOTD_DATA_DIR or data_dir), or the path of a corpus
+    #: file (`scotd sample` output) whose first `n` chains per question are used
+    corpus_source: str = "sample"
+    #: a corpus file whose questions the sample stage leaves out (a teacher's own training questions)
+    exclude_questions: str | None = None
     #: teacher as BACKEND:MODEL (hf:embedded, hf:DIR_OR_HUB_ID, onnx:EXPORT_DIR, openai:MODEL)
     teacher: str = "hf:embedded"
     #: OpenAI-compatible endpoint for an openai teacher (the key comes from OPENAI_API_KEY)
@@ -140,6 +145,8 @@ class PipelineConfig(BaseModel):
     transfer_tasks: list[str] = Field(default_factory=list)
     #: evaluate the teacher with its few-shot prompt (hf and onnx teachers; an endpoint is not evaluated)
     evaluate_teacher: bool = True
+    #: evaluate the base student before training (off in a sweep's runs after the first: the same model each time)
+    evaluate_undistilled: bool = True
     #: also evaluate self-consistency (majority vote over sc_samples chains at the task's temperature, 0.7) of the
     #: best distilled student (the best greedy accuracy on the task), with the same lm-eval model as its greedy score
     self_consistency: bool = False
@@ -196,6 +203,20 @@ class PipelineConfig(BaseModel):
     @classmethod
     def _train_options(cls, value: dict) -> dict:
         return _check_train_options(value)
+
+    @field_validator("corpus_source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        if value not in CORPUS_SOURCES and not Path(value).expanduser().is_file():
+            raise ValueError(f"must be {' or '.join(CORPUS_SOURCES)}, or a corpus file; {value!r} is neither")
+        return value
+
+    @field_validator("exclude_questions")
+    @classmethod
+    def _existing_corpus(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).expanduser().is_file():
+            raise ValueError(f"no corpus file {value!r}")
+        return value
 
     @field_validator("transfer_tasks")
     @classmethod
@@ -461,7 +482,15 @@ def stage_sample(run: Run, say) -> dict:
     from .teacher import get_teacher, parse_teacher
 
     cfg = run.cfg
-    examples = [ex for ex in _examples(run, cfg.train_split, cfg.train_limit) if ex.answer is not None]
+    if cfg.exclude_questions:  # the first train_limit questions of those left
+        from .corpus import read_corpus
+
+        seen = {row.id for row in read_corpus(cfg.exclude_questions)}
+        examples = [ex for ex in _examples(run, cfg.train_split, None) if ex.id not in seen][: cfg.train_limit]
+        say(f"  {len(seen)} questions of {cfg.exclude_questions} left out")
+    else:
+        examples = _examples(run, cfg.train_split, cfg.train_limit)
+    examples = [ex for ex in examples if ex.answer is not None]
     prompt = load_prompt(cfg.task)
     settings = SampleSettings(task=cfg.task, split=cfg.train_split, teacher=cfg.teacher, n=cfg.n,
                               temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
@@ -483,17 +512,27 @@ def stage_sample(run: Run, say) -> dict:
 
 
 def _import_corpus(run: Run, say) -> dict:
-    """The sample stage of a run on a released corpus: its chains imported, joined to the official split."""
-    from .corpus import write_corpus
-    from .corpus_import import import_distilling_step_by_step
+    """The sample stage of a run on chains sampled before: a released corpus, joined to the official split, or a
+    corpus file of which the first `n` chains of each question are kept (a smaller n from one large sample: the
+    chains-per-question curve, each chain's seed unchanged)."""
+    from .corpus import read_corpus, write_corpus
 
-    official = _examples(run, "train", None)
-    rows, report = import_distilling_step_by_step(run.cfg.data_dir, "train", examples=official)
+    cfg = run.cfg
+    if cfg.corpus_source == "distilling-step-by-step":
+        from .corpus_import import import_distilling_step_by_step
+
+        rows, report = import_distilling_step_by_step(cfg.data_dir, "train", examples=_examples(run, "train", None))
+        for line in report.lines():
+            say("  " + line)
+    else:
+        rows = [r for r in read_corpus(cfg.corpus_source) if r.sample_index < cfg.n]
+        other = {r.task for r in rows} - {cfg.task}
+        if other:
+            raise ScotdError(f"{cfg.corpus_source} holds chains of {', '.join(sorted(other))}, not {cfg.task}")
+        say(f"  {len(rows)} chains (the first {cfg.n} of each question) from {cfg.corpus_source}")
     write_corpus(rows, run.corpus)
-    for line in report.lines():
-        say("  " + line)
     correct = sum(bool(r.correct) for r in rows)
-    return {"source": run.cfg.corpus_source, "chains": len(rows), "questions": len({r.id for r in rows}),
+    return {"source": cfg.corpus_source, "chains": len(rows), "questions": len({r.id for r in rows}),
             "teacher_accuracy": correct / len(rows) if rows else None}
 
 

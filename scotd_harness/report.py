@@ -261,32 +261,90 @@ def _plot_accuracy(rows: list[dict], path: Path) -> bool:
     return True
 
 
-def _plot_sweep(runs: list[dict], path: Path) -> list[tuple[int, float]] | None:
-    """Accuracy of the distilled student (greedy) against chains per question, over runs that swept n."""
-    points = []
+#: filters that keep chains by a rule of their own: a sweep run using one is a selection arm, not a curve point
+CURVE_FILTERS = ("correct", "all")
+
+
+def sweep_rows(runs: list[dict]) -> list[dict]:
+    """One row per run of a sweep (runs that differ in chains per question and in filters): its distilled
+    student's greedy accuracy with the Wilson interval, and what its corpus held after filtering. A run whose
+    filters are all `correct`/`all` is a point of the curve (a line per filter); any other is a selection arm."""
+    rows = []
     for run in runs:
         greedy = [r for r in accuracy_rows(run) if r["model"] == "scotd" and r["filter"] != "none"
                   and not r["task"].endswith("_sc")]
-        if greedy:
-            points.append((int(run["config"]["n"]), greedy[0]["acc"]))
-    if len({n for n, _ in points}) < 2:
-        return None
-    points.sort()
+        if not greedy:
+            continue
+        filters = run["config"]["filters"]
+        names = [f.split(":")[0] for f in filters]
+        rows.append({"run": run["root"].name, "n": int(run["config"]["n"]), "filters": ", ".join(filters),
+                     "curve": all(name in CURVE_FILTERS for name in names), **_corpus_kept(run),
+                     "acc": greedy[0]["acc"], "ci_low": greedy[0]["ci_low"], "ci_high": greedy[0]["ci_high"],
+                     "questions_evaluated": greedy[0]["n"]})
+    return rows
+
+
+def _corpus_kept(run: dict) -> dict:
+    """Chains and questions the filters kept, and distinct chains per question (after whitespace and case)."""
+    path = run["root"] / "corpus.filtered.jsonl"
+    if not path.is_file():
+        return {}
+    by_question: dict[str, set[str]] = {}
+    chains = 0
+    for _, rec in iter_jsonl(path):
+        chains += 1
+        by_question.setdefault(str(rec.get("id")), set()).add(" ".join(str(rec.get("rationale", "")).lower().split()))
+    questions = len(by_question)
+    return {"chains_kept": chains, "questions_kept": questions,
+            "distinct_per_question": sum(map(len, by_question.values())) / questions if questions else None}
+
+
+def _sweep_section(rows: list[dict], path: Path) -> str:
+    """Accuracy against chains per question, a line per filter (the plot), then the selection arms' table."""
+    curve = sorted((r for r in rows if r["curve"]), key=lambda r: (r["filters"], r["n"]))
+    chosen = [r for r in rows if not r["curve"]]
+    parts = ["## Accuracy against chains per question\n"]
+    header = ("| run | n | filters | chains kept | questions | distinct chains / question | accuracy % | 95% CI |\n"
+              "|---|---:|---|---:|---:|---:|---:|---|\n")
+
+    def line(r: dict) -> str:
+        distinct = r.get("distinct_per_question")
+        return (f"| {r['run']} | {r['n']} | {r['filters']} | {r.get('chains_kept', '')} | "
+                f"{r.get('questions_kept', '')} | {'' if distinct is None else f'{distinct:.2f}'} | "
+                f"{_pct(r['acc'])} | {_pct(r['ci_low'])}-{_pct(r['ci_high'])} |\n")
+
+    parts.append(header + "".join(map(line, curve)))
+    if len({r["n"] for r in curve}) >= 2 and _plot_sweep(curve, path):
+        parts.append(f"\n![sweep]({path.name})\n")
+    if chosen:
+        parts.append("\n### Selecting chains\n\n" + header + "".join(map(line, chosen)))
+    return "\n".join(parts)
+
+
+def _plot_sweep(curve: list[dict], path: Path) -> bool:
+    """Accuracy (with its interval) against n on a log axis, one line per filter setting."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot([n for n, _ in points], [100 * a for _, a in points], marker="o")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for filters in sorted({r["filters"] for r in curve}):
+        pts = [r for r in curve if r["filters"] == filters]
+        ns, accs = [r["n"] for r in pts], [100 * r["acc"] for r in pts]
+        err = [[a - 100 * r["ci_low"] if r["ci_low"] is not None else 0 for a, r in zip(accs, pts)],
+               [100 * r["ci_high"] - a if r["ci_high"] is not None else 0 for a, r in zip(accs, pts)]]
+        ax.errorbar(ns, accs, yerr=err, marker="o", capsize=3, label=filters)
     ax.set_xscale("log")
+    ax.set_xticks(sorted({r["n"] for r in curve}), [str(n) for n in sorted({r["n"] for r in curve})])
     ax.set_xlabel("chains per question (n)")
-    ax.set_ylabel("student accuracy (%)")
+    ax.set_ylabel("student accuracy (%), 95% CI")
     ax.set_title("SCoTD: accuracy against sampled chains")
+    ax.legend(title="filter")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return points
+    return True
 
 
 def _samples(run: dict, model: str) -> dict[str, dict]:
@@ -436,8 +494,10 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
     if cfg.get("corpus_source", "sample") == "sample":
         source = (f"teacher `{cfg['teacher']}`, {cfg['n']} chains per question at temperature "
                   f"{cfg['temperature']}")
+    elif cfg["corpus_source"] == "distilling-step-by-step":
+        source = "chains imported from `distilling-step-by-step` (one per question)"
     else:
-        source = f"chains imported from `{cfg['corpus_source']}` (one per question)"
+        source = f"chains from `{Path(cfg['corpus_source']).name}` (the first {cfg['n']} of each question)"
     parts = [(f"# SCoTD run report\n\nRun directory `{out.name}`: task **{cfg['task']}**, {source}, "
               f"student `{cfg['student']}`, filters {', '.join(cfg['filters'])}.\n")]
     if cfg["task"] == "demo":
@@ -462,11 +522,9 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
     if tune:
         parts.append(_tune_table(tune))
 
-    runs = [run] + [load_run(r) for r in sweep]
-    points = _plot_sweep(runs, out / "accuracy_vs_n.png")
-    if points:
-        parts.append("## Accuracy against chains per question\n\n| n | accuracy % |\n|---:|---:|\n"
-                     + "".join(f"| {n} | {_pct(a)} |\n" for n, a in points) + "\n![sweep](accuracy_vs_n.png)\n")
+    swept = sweep_rows([run] + [load_run(r) for r in sweep]) if sweep else []
+    if swept:
+        parts.append(_sweep_section(swept, out / "accuracy_vs_n.png"))
 
     corpus = out / "corpus.jsonl"
     if corpus.is_file():
@@ -504,7 +562,7 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
 
     atomic.write_json(out / "report.json", {
         "run": out.name, "config": cfg, "stages": run["stages"], "confidence": CONFIDENCE,
-        "interval": "wilson", "paired_test": "mcnemar-exact", "arms": rows})
+        "interval": "wilson", "paired_test": "mcnemar-exact", "arms": rows, "sweep": swept})
     path = out / "report.md"
     atomic.write_text(path, "\n".join(parts))
     return path

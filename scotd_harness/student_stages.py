@@ -189,7 +189,8 @@ def evaluated_models(run: Run) -> dict[str, tuple[str, dict[str | None, list[str
             by_split.setdefault(split or None, []).append(student.task(task))
         return by_split
 
-    models["undistilled"] = (cfg.student, tasks_of(Student("undistilled", None)), cfg.eval_backend)
+    if cfg.evaluate_undistilled:
+        models["undistilled"] = (cfg.student, tasks_of(Student("undistilled", None)), cfg.eval_backend)
     for student in students(cfg):
         models[student.name] = (str(run.students / student.name), tasks_of(student), cfg.eval_backend)
     return models

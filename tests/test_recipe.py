@@ -179,6 +179,48 @@ def test_preset_corpus_on_the_real_files(tmp_path, data_dir):
     assert not any(in_holdout(i) for i in ids)
 
 
+def test_a_corpus_file_gives_the_first_n_chains_of_each_question(tmp_path, fixtures_dir):
+    """corpus_source: FILE (the chains-per-question curve takes n = 1, 4, 16 from one sample of 16): the first n
+    chains by index, with their seeds' identity (sample_index) unchanged, restricted to the training split."""
+    from scotd_harness.corpus import CorpusRow, read_corpus, write_corpus
+    from scotd_harness.pipeline import PipelineConfig, run_pipeline
+
+    data = write_data(tmp_path / "data", fixtures_dir)
+    rows = [CorpusRow(task="csqa", id=qid, sample_index=j, question="Q?", choices=[["a", "x"], ["b", "y"]],
+                      answer="a", rationale=f"chain {j} of {qid}", prediction="a", correct=True, teacher="onnx:t",
+                      prompt_version="v1")
+            for qid in ("syn-train-0", "syn-train-1", "syn-dev-0") for j in (3, 0, 2, 1)]
+    corpus = tmp_path / "sampled.jsonl"
+    write_corpus(rows, corpus)
+    cfg = PipelineConfig.from_dict({"corpus_source": str(corpus), "n": 2, "filters": ["all"], "data_dir": str(data),
+                                    "arms": ["scotd"]})
+    run = run_pipeline(cfg, tmp_path / "run", until="filter", say=lambda msg: None)
+    kept = list(read_corpus(run.filtered))
+    assert sorted((r.id, r.sample_index) for r in kept) == [(q, j) for q in ("syn-train-0", "syn-train-1") for j in (0, 1)]
+    assert {r.rationale for r in kept} >= {"chain 0 of syn-train-0", "chain 1 of syn-train-1"}
+    with pytest.raises(Exception, match="neither"):
+        PipelineConfig.from_dict({"corpus_source": str(tmp_path / "missing.jsonl")})
+
+
+@pytest.mark.slow
+def test_the_sample_stage_leaves_out_the_questions_of_exclude_questions(tmp_path, fixtures_dir):
+    """A teacher samples only questions it never trained on: exclude_questions names its training corpus."""
+    from scotd_harness.corpus import CorpusRow, read_corpus, write_corpus
+    from scotd_harness.datasets import load_examples
+    from scotd_harness.pipeline import PipelineConfig, run_pipeline
+
+    first = [ex.id for ex in load_examples("demo", "train")][:3]
+    seen = tmp_path / "teacher_corpus.jsonl"
+    write_corpus([CorpusRow(task="demo", id=qid, sample_index=0, question="Q?", choices=[["a", "x"]], answer="a",
+                            rationale="r", prediction="a", correct=True, teacher="t", prompt_version="v")
+                  for qid in first[:2]], seen)
+    cfg = PipelineConfig.from_dict({"task": "demo", "n": 1, "train_limit": 2, "max_new_tokens": 4,
+                                    "exclude_questions": str(seen), "filters": ["all"]})
+    run = run_pipeline(cfg, tmp_path / "run", until="sample", say=lambda msg: None)
+    sampled = [r.id for r in read_corpus(run.corpus)]
+    assert len(sampled) == 2 and first[2] in sampled and not set(sampled) & set(first[:2])
+
+
 @pytest.mark.slow
 def test_arms_tuned_evaluated_exported_and_resumed(tmp_path, fixtures_dir, embedded_model_dir):
     from scotd_harness.arms import subsample

@@ -267,3 +267,45 @@ def test_reads_what_lm_eval_writes(tmp_path, embedded_model_dir):
     vs = rows["scotd", "scotd_demo"]["vs_label_only"]
     assert vs["n"] == 5 and vs["against"] == "label_only scotd_demo_direct none"  # label-only's own decoding
     assert write_report(run).is_file() and (run / "report.json").is_file()
+
+
+def _sweep_run(root, name: str, n: int, filters: list[str], right: set[int], chains: list[tuple[int, str]]):
+    """A run of a chains-per-question sweep: config, the distilled student's greedy eval, its filtered corpus
+    (question index, rationale) lines."""
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"task": "csqa", "teacher": "onnx:t", "student": "embedded", "n": n,
+                                                 "temperature": 1.0, "filters": filters,
+                                                 "corpus_source": "/data/corpus.jsonl"}))
+    (run / "stages.json").write_text(json.dumps({"stages": {}}))
+    _write_eval(run, "scotd", {"scotd_csqa": {"greedy": [_generative_line(i, a) for i, a in enumerate(_answers(right))]}})
+    (run / "corpus.filtered.jsonl").write_text("".join(
+        json.dumps({"id": f"t{q}", "rationale": text}) + "\n" for q, text in chains))
+    return run
+
+
+def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
+    """`scotd report RUN --sweep ...` over runs differing in n and filters: the curve rows (correct, all) with
+    intervals and corpus statistics, the selection arm in a table of its own, the plot, report.json."""
+    runs = {
+        "n1-correct": (1, ["correct"], set(range(10)), [(0, "a b"), (1, "c d")]),
+        "n4-correct": (4, ["correct"], set(range(16)), [(0, "a b"), (0, "A  b"), (0, "x y"), (1, "c d")]),
+        "n1-all": (1, ["all"], set(range(8)), [(0, "a b"), (1, "c d"), (2, "e f")]),
+        "n4-all": (4, ["all"], set(range(12)), [(0, "a b"), (0, "q r"), (1, "c d"), (2, "e f")]),
+        "n4-random-k": (4, ["correct", "random-k:k=2"], set(range(14)), [(0, "a b"), (0, "x y")]),
+    }
+    dirs = [_sweep_run(tmp_path, name, *spec) for name, spec in runs.items()]
+    res = CliRunner().invoke(cli, ["report", str(dirs[0]), *sum((["--sweep", str(d)] for d in dirs[1:]), [])])
+    assert res.exit_code == 0, res.output
+    report = (dirs[0] / "report.md").read_text()
+    sweep = json.loads((dirs[0] / "report.json").read_text())["sweep"]
+    by_run = {r["run"]: r for r in sweep}
+    assert set(by_run) == set(runs)
+    assert [r["curve"] for r in sweep].count(False) == 1 and not by_run["n4-random-k"]["curve"]
+    four = by_run["n4-correct"]
+    assert four["acc"] == 16 / N and (four["ci_low"], four["ci_high"]) == wilson_interval(16, N)
+    # 4 chains over 2 questions; question t0 has 2 distinct chains once case and spacing are set aside
+    assert (four["chains_kept"], four["questions_kept"], four["distinct_per_question"]) == (4, 2, 1.5)
+    curve, selection = report.split("### Selecting chains")
+    assert "| n4-all | 4 | all |" in curve and "| n4-random-k |" in selection and "random-k" not in curve
+    assert (dirs[0] / "accuracy_vs_n.png").stat().st_size > 1000

@@ -8,8 +8,9 @@ from ..report import write_report
 @click.command("report")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--sweep", multiple=True, type=click.Path(exists=True, file_okay=False),
-              help="Other run directories of the same task with other chains per question (n): plots accuracy "
-                   "against n. Repeatable.")
+              help="Other run directories of the same task with other chains per question (n) or filters: "
+                   "accuracy against n with a line per filter (accuracy_vs_n.png), and a table of the runs that "
+                   "select chains (random-k, likelihood-k, diversity-k, open-ended). Repeatable.")
 def command(run_dir, sweep):
     """Write RUN_DIR/report.md with the accuracy table, accuracy.png, corpus statistics, the ONNX student's parity
     and speed, and rating_sheet.csv/.html: teacher and student rationales side by side for a human rating study.

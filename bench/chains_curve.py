@@ -1,0 +1,191 @@
+"""Chains per question, measured: SCoTD's central claim with a local teacher, as one resumable script.
+
+The teacher is the project's best distilled CSQA student (PaLM-540B chains), exported: by default the int4 export
+of a `scotd pipeline --preset csqa-palm` run (`--teacher-run`), whose training corpus names the questions it has
+seen. Stages, each a pipeline run directory under --run-dir (a rerun of the same command resumes every one of
+them where it stopped; each records its finished stages in its stages.json):
+
+1. ``sample``: N=16 chains at T=1.0 (the paper's temperature) for --questions CSQA train questions the teacher
+   never trained on (pipeline `exclude_questions`), through the torch-free `onnx:` teacher.
+2. ``arms``: fresh students from the same base, on those questions' chains, every one with the same optimizer
+   steps and learning rate: n in {1, 4, 16} (the first n chains of each question) x {correct (supervised), all
+   (few-shot)}; then at n=16 four selections of the correct chains, each keeping 4 per question's worth:
+   random-k, likelihood-k (teacher log-probs), diversity-k (MiniLM k-means), and open-ended (the most open-ended
+   half of the questions, 8 chains each). Each is scored greedily on CSQA dev through scotd-onnx.
+3. ``report``: `scotd report --sweep` over the arm runs (accuracy against n, a line per filter, the selection
+   table) into bench/results/chains_curve.{md,json} and accuracy_vs_n.png, with the teacher's accuracy on dev
+   and on the sampled questions and each arm's corpus statistics. Rewritten after every arm, so a partial run
+   has its figures.
+
+Usage::
+
+    SCOTD_DATA_DIR=DATA python bench/chains_curve.py --teacher-run runs/csqa-palm --run-dir runs/chains-curve
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+log = logging.getLogger("chains_curve")
+
+CURVE_N = (1, 4, 16)
+CURVE_FILTERS = ("correct", "all")
+#: the selection arms at n=16: each keeps about 4 correct chains per question of the corpus
+SELECTIONS = {
+    "random-k": ["correct", "random-k:k=4"],
+    "likelihood-k": ["correct", "likelihood-k:k=4"],
+    "diversity-k": ["correct", "diversity-k:k=4"],
+    "open-ended": ["correct", "open-ended:fraction=0.5", "random-k:k=8"],
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--run-dir", default="runs/chains-curve", help="Folder of the sample and arm run directories.")
+    p.add_argument("--teacher-run", help="A csqa-palm pipeline run: its onnx/ export is the teacher, the corpus of\n"
+                                         "its exported student the questions to leave out.")
+    p.add_argument("--teacher", help="Instead of --teacher-run: an export directory (scotd export) ...")
+    p.add_argument("--exclude", help="... and the corpus it trained on (its questions are not sampled).")
+    p.add_argument("--questions", type=int, default=1000, help="CSQA train questions to sample (default 1000).")
+    p.add_argument("--n", type=int, default=16, help="Chains sampled per question (default 16).")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--student", default="embedded", help="Base of every student (default: the embedded model).")
+    p.add_argument("--max-steps", type=int, default=500, help="Optimizer steps of every student (default 500).")
+    p.add_argument("--lr", type=float, default=1e-4, help="Learning rate of every student (default 1e-4).")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dev-fraction", type=float, default=0.05,
+                   help="Corpus questions held out for the dev loss, every 100 steps (0: none).")
+    p.add_argument("--eval-limit", type=int, default=None, help="First N CSQA dev questions (default: all 1221).")
+    p.add_argument("--arms", default=None, help="Comma-separated arm names to run (default: all), e.g. n1-correct.")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="chains_curve", help="Name of the result files in bench/results/.")
+    return p.parse_args(argv)
+
+
+def teacher_of(args) -> tuple[Path, Path | None]:
+    """(export directory, corpus of the questions it trained on)."""
+    if args.teacher_run:
+        run = Path(args.teacher_run)
+        stages = json.loads((run / "stages.json").read_text())["stages"]
+        if "export" not in stages:
+            raise SystemExit(f"{run}: its export stage has not finished (no teacher yet)")
+        student = stages["export"]["student"]
+        meta = json.loads((run / "students" / student / "scotd.json").read_text())
+        return run / "onnx", Path(meta["training"]["corpus"])
+    if not args.teacher:
+        raise SystemExit("give --teacher-run RUN, or --teacher EXPORT_DIR (with --exclude CORPUS)")
+    return Path(args.teacher), Path(args.exclude) if args.exclude else None
+
+
+def arms() -> dict[str, tuple[int, list[str]]]:
+    """name -> (chains per question used, filters), in report order."""
+    out = {f"n{n}-{flt}": (n, [flt]) for flt in CURVE_FILTERS for n in CURVE_N}
+    out.update({f"n16-{name}": (16, filters) for name, filters in SELECTIONS.items()})
+    return out
+
+
+def sample_config(args, teacher: Path, exclude: Path | None) -> dict:
+    return {"task": "csqa", "teacher": f"onnx:{teacher.resolve()}", "n": args.n, "temperature": args.temperature,
+            "max_new_tokens": args.max_new_tokens, "train_split": "train", "train_limit": args.questions,
+            "exclude_questions": str(exclude.resolve()) if exclude else None, "filters": ["all"], "seed": args.seed,
+            "evaluate_teacher": False}
+
+
+def arm_config(args, corpus: Path, n: int, filters: list[str], first: bool) -> dict:
+    """One arm's pipeline config; only the first arm scores the base student (the same model in every arm)."""
+    return {
+        "task": "csqa", "corpus_source": str(corpus.resolve()), "n": n, "filters": filters, "student": args.student,
+        "arms": ["scotd"], "seed": args.seed, "eval_backend": "onnx", "eval_limit": args.eval_limit,
+        "evaluate_undistilled": first,
+        "eval_batch_size": 16, "export_quantize": None,
+        "train": {"max_steps": args.max_steps, "learning_rate": args.lr, "per_device_train_batch_size": args.batch_size,
+                  "chains": "all", "max_length": 320, "batching": "packed", "precision": "auto",
+                  "warmup_ratio": 0.05, "dev_fraction": args.dev_fraction, "save_total_limit": 2, "logging_steps": 10,
+                  "disable_tqdm": True,
+                  **({"max_dev_questions": 48, "eval_steps": 100} if args.dev_fraction > 0 else {})},
+    }
+
+
+def run_stage(name: str, config: dict, out: Path, until: str) -> None:
+    from scotd_harness.pipeline import PipelineConfig, run_pipeline
+
+    started = time.monotonic()
+    cfg = PipelineConfig.from_dict(config, source=name)
+    run_pipeline(cfg, out, until=until, say=lambda msg: log.info("%s: %s", name, msg))
+    log.info("%s: done (%.0f s this call)", name, time.monotonic() - started)
+
+
+def write_results(args, root: Path, teacher: Path) -> None:
+    """The sweep report over the finished arms, copied into bench/results/ with the teacher's own accuracy."""
+    from scotd_harness.report import write_report
+
+    done = [root / name for name in arms() if (root / name / "eval" / "scotd" / "results.json").is_file()]
+    if not done:
+        return
+    write_report(done[0], sweep=done[1:])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(done[0] / "report.md", RESULTS / f"{args.tag}.md")
+    report = json.loads((done[0] / "report.json").read_text())
+    report["teacher"] = teacher_accuracy(args, root, teacher)
+    report["settings"] = {k: v for k, v in vars(args).items() if k != "run_dir"}
+    (RESULTS / f"{args.tag}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    for png in ("accuracy_vs_n.png",):
+        if (done[0] / png).is_file():
+            shutil.copy(done[0] / png, RESULTS / f"{args.tag}.png")
+
+
+def teacher_accuracy(args, root: Path, teacher: Path) -> dict:
+    """The teacher's greedy CSQA dev accuracy (from the csqa-palm run that made it) and, on the sampled
+    questions, its per-chain accuracy at T=1.0 and the accuracy of a majority vote over its chains."""
+    from collections import Counter, defaultdict
+
+    from scotd_harness.corpus import read_corpus
+
+    out = {"export": str(teacher)}
+    if args.teacher_run:
+        run = Path(args.teacher_run)
+        student = json.loads((run / "stages.json").read_text())["stages"]["export"]["student"]
+        results = json.loads((run / "eval" / student / "results.json").read_text())["results"]["scotd_csqa"]
+        out["dev_greedy"] = next(v for k, v in results.items() if k.startswith("acc,"))
+    corpus = root / "sample" / "corpus.jsonl"
+    if corpus.is_file():
+        rows = list(read_corpus(corpus))
+        votes, gold = defaultdict(Counter), {}
+        for r in rows:
+            gold[r.id] = r.answer
+            if r.prediction:
+                votes[r.id][r.prediction] += 1
+        out["sampled_questions"] = len(gold)
+        out["per_chain"] = sum(bool(r.correct) for r in rows) / len(rows) if rows else None
+        out["majority_vote"] = (sum(votes[q].most_common(1)[0][0] == a for q, a in gold.items() if votes[q])
+                                / len(gold)) if gold else None
+    return out
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+    args = parse_args(argv)
+    root = Path(args.run_dir)
+    teacher, exclude = teacher_of(args)
+    run_stage("sample", sample_config(args, teacher, exclude), root / "sample", until="sample")
+    corpus = root / "sample" / "corpus.jsonl"
+    wanted = set(args.arms.split(",")) if args.arms else None
+    for i, (name, (n, filters)) in enumerate(arms().items()):
+        if wanted is not None and name not in wanted:
+            continue
+        run_stage(name, arm_config(args, corpus, n, filters, first=i == 0), root / name, until="evaluate")
+        write_results(args, root, teacher)
+    write_results(args, root, teacher)
+
+
+if __name__ == "__main__":
+    main()
