@@ -51,6 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--run-dir", default="runs/chains-curve", help="Folder of the sample and arm run directories.")
     p.add_argument("--teacher-run", help="A csqa-palm pipeline run: its onnx/ export is the teacher, the corpus of\n"
                                          "its exported student the questions to leave out.")
+    p.add_argument("--teacher-student", help="With --teacher-run: this student of the run instead of the one its\n"
+                                             "export stage chose (e.g. scotd_2k before the full-size ones exist);\n"
+                                             "exported to int4 under --run-dir/teacher.")
     p.add_argument("--teacher", help="Instead of --teacher-run: an export directory (scotd export) ...")
     p.add_argument("--exclude", help="... and the corpus it trained on (its questions are not sampled).")
     p.add_argument("--questions", type=int, default=1000, help="CSQA train questions to sample (default 1000).")
@@ -74,15 +77,32 @@ def teacher_of(args) -> tuple[Path, Path | None]:
     """(export directory, corpus of the questions it trained on)."""
     if args.teacher_run:
         run = Path(args.teacher_run)
-        stages = json.loads((run / "stages.json").read_text())["stages"]
-        if "export" not in stages:
-            raise SystemExit(f"{run}: its export stage has not finished (no teacher yet)")
-        student = stages["export"]["student"]
+        student = teacher_student(args)
         meta = json.loads((run / "students" / student / "scotd.json").read_text())
-        return run / "onnx", Path(meta["training"]["corpus"])
+        if not args.teacher_student:
+            return run / "onnx", Path(meta["training"]["corpus"])
+        from scotd_harness.export.exporter import export
+
+        out = Path(args.run_dir) / "teacher"
+        if not (out / "scotd.json").is_file():  # an export is atomic: scotd.json means it passed its checks
+            fp32 = run / "students" / student / "onnx-fp32"
+            export(run / "students" / student, out, quantization="int4", fp32_dir=fp32 if fp32.is_dir() else None,
+                   accuracy_sample=0, overwrite=True, progress=lambda msg: log.info("teacher export: %s", msg))
+        return out, Path(meta["training"]["corpus"])
     if not args.teacher:
         raise SystemExit("give --teacher-run RUN, or --teacher EXPORT_DIR (with --exclude CORPUS)")
     return Path(args.teacher), Path(args.exclude) if args.exclude else None
+
+
+def teacher_student(args) -> str:
+    """The csqa-palm student that teaches: --teacher-student, else the one the run's export stage chose."""
+    if args.teacher_student:
+        return args.teacher_student
+    stages = json.loads((Path(args.teacher_run) / "stages.json").read_text())["stages"]
+    if "export" not in stages:
+        raise SystemExit(f"{args.teacher_run}: its export stage has not finished (no teacher yet); name a trained "
+                         "student with --teacher-student")
+    return stages["export"]["student"]
 
 
 def arms() -> dict[str, tuple[int, list[str]]]:
@@ -152,9 +172,11 @@ def teacher_accuracy(args, root: Path, teacher: Path) -> dict:
     out = {"export": str(teacher)}
     if args.teacher_run:
         run = Path(args.teacher_run)
-        student = json.loads((run / "stages.json").read_text())["stages"]["export"]["student"]
-        results = json.loads((run / "eval" / student / "results.json").read_text())["results"]["scotd_csqa"]
-        out["dev_greedy"] = next(v for k, v in results.items() if k.startswith("acc,"))
+        out["student"] = student = teacher_student(args)
+        results = run / "eval" / student / "results.json"
+        if results.is_file():
+            scores = json.loads(results.read_text())["results"]["scotd_csqa"]
+            out["dev_greedy_fp32"] = next(v for k, v in scores.items() if k.startswith("acc,"))
     corpus = root / "sample" / "corpus.jsonl"
     if corpus.is_file():
         rows = list(read_corpus(corpus))

@@ -2,13 +2,14 @@
 
 import click
 
+from .. import recipes
 from ..pipeline import STAGES, load_config, run_pipeline
 
 
 @click.command("pipeline")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="YAML file of settings (keys of PipelineConfig; see README). Without one: the demonstration run.")
-@click.option("--preset", help="A shipped config instead of --config: csqa-palm (the PaLM-540B CommonsenseQA "
+@click.option("--preset", type=click.Choice(recipes.names()), help="A shipped config instead of --config: csqa-palm (the PaLM-540B CommonsenseQA "
                                "study: SCoTD against label-only and CoS-E, tuned, with intervals; hours on 2 cores).")
 @click.option("--out", default="scotd-run", show_default=True, type=click.Path(file_okay=False),
               help="Run directory: every stage's outputs, stages.json and config.json.")
@@ -42,9 +43,7 @@ def command(config_path, preset, out, from_stage, until, report):
     if preset is not None:
         if config_path is not None:
             raise click.UsageError("give --config or --preset, not both")
-        from ..recipes import path
-
-        config_path = path(preset)
+        config_path = recipes.path(preset)
     cfg = load_config(config_path)
     say = lambda msg: click.echo(msg, err=True)  # noqa: E731
     from ..report import write_report
