@@ -170,12 +170,13 @@ def evaluate(
     table = _table(results, make_table)
     out = Path(output_dir) if output_dir is not None else default_output_dir(model)
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out / "results.json", json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
-    atomic.write_text(out / "results.md", table)
+    # results.json last: its presence says the evaluation finished (the pipeline resumes on it)
     if samples:
         for task_name, rows in samples.items():
             lines = "".join(json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n" for r in rows)
             atomic.write_text(out / f"samples_{task_name}.jsonl", lines)
+    atomic.write_text(out / "results.md", table)
+    atomic.write_text(out / "results.json", json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
     return EvalOutput(results=results, table=table, output_dir=out)
 
 

@@ -87,6 +87,15 @@ class TuneConfig(BaseModel):
     split: str = "train-holdout"
     limit: int | None = Field(300, ge=1)
 
+    @field_validator("split")
+    @classmethod
+    def _known_split(cls, value: str) -> str:
+        from .datasets import HOLDOUT_SPLITS, SPLITS
+
+        if value not in SPLITS + HOLDOUT_SPLITS:
+            raise ValueError(f"unknown split {value!r} (known: {', '.join(SPLITS + HOLDOUT_SPLITS)})")
+        return value
+
 
 class PipelineConfig(BaseModel):
     """One run's settings. A YAML config sets any of these keys; unknown keys and wrong types are refused.
@@ -132,7 +141,7 @@ class PipelineConfig(BaseModel):
     #: students to train, all on the same questions: `scotd` (the teacher's chains), `label_only` (the gold answer
     #: alone) and `cose` (CoS-E v1.11 human explanations, csqa only). Null: scotd, and label_only if
     #: label_only_baseline. Given, it replaces label_only_baseline.
-    arms: list[typing.Literal["scotd", "label_only", "cose"]] | None = None
+    arms: list[typing.Literal["scotd", "label_only", "cose"]] | None = Field(None, min_length=1)
     #: training-set sizes; a student per arm and size, named `<arm>_2k` for 2000 questions, `<arm>` for all
     train_sizes: list[TrainSize] = Field(default_factory=lambda: [TrainSize()], min_length=1)
     #: a learning-rate grid searched per arm on held-out train questions (the `tune` stage); null: train.learning_rate
@@ -240,6 +249,13 @@ class PipelineConfig(BaseModel):
             raise ValueError("the cose arm explains CSQA questions: task must be csqa")
         if len(set(self.arm_names)) != len(self.arm_names):
             raise ValueError("arms: each arm once")
+        if not set(self.arm_names) - {"label_only"}:
+            raise ValueError("arms: needs a distilled arm (scotd or cose); it is the one exported")
+        if self.exclude_questions and self.corpus_source != "sample":
+            raise ValueError("exclude_questions leaves questions out of sampling; this run imports its corpus")
+        transfer = [item.partition(":")[0] for item in self.transfer_tasks]
+        if len(set(transfer)) != len(transfer) or self.task in transfer:
+            raise ValueError("transfer_tasks: each task once, and not the run's own task")
         sizes = [s.questions for s in self.train_sizes]
         if len(set(sizes)) != len(sizes):
             raise ValueError("train_sizes: each number of questions once")
@@ -249,9 +265,11 @@ class PipelineConfig(BaseModel):
             if self.tune.split == self.eval_split:
                 raise ValueError(f"tune.split is the evaluation split {self.eval_split!r}: tuning on it would "
                                  "select on the test")
-            if self.tune.split == "train-holdout" and self.train_split != "train-fit":
-                raise ValueError("tune.split train-holdout needs train_split: train-fit (else the students train "
-                                 "on the questions they are tuned on)")
+            splits = {self.tune.split, self.train_split}
+            if splits <= {"train", "train-fit", "train-holdout"} and splits != {"train-fit", "train-holdout"}:
+                raise ValueError(f"tune.split {self.tune.split} needs train_split: train-fit (else the students "
+                                 "train on the questions they are tuned on)" if self.tune.split == "train-holdout"
+                                 else f"tune.split {self.tune.split} overlaps train_split {self.train_split}")
             if "learning_rate" in self.train or any("learning_rate" in s.train for s in self.train_sizes):
                 raise ValueError("tune chooses the learning rate: remove learning_rate from train")
         return self
@@ -290,7 +308,8 @@ def _problem(err: dict, source: str, lines: dict) -> str:
     if not loc:  # a check of several settings together (PipelineConfig._consistent)
         return f"{where}: {err['ctx']['error'] if kind == 'value_error' else err['msg']}"
     if kind == "extra_forbidden":
-        return f"{where}: unknown key {key!r} (known keys: {', '.join(PipelineConfig.model_fields)})"
+        model = {"tune": TuneConfig, "train_sizes": TrainSize}.get(loc[0], PipelineConfig) if len(loc) > 1 else PipelineConfig
+        return f"{where}: unknown key {key!r} (known keys: {', '.join(model.model_fields)})"
     if kind in _TYPE_NAMES:
         annotation = PipelineConfig.model_fields[loc[0]].annotation
         expected = _TYPE_NAMES[kind] + (" or null" if type(None) in typing.get_args(annotation) else "")
@@ -377,7 +396,6 @@ class Run:
     def __init__(self, root: str | os.PathLike, cfg: PipelineConfig):
         self.root = Path(root)
         self.cfg = cfg
-        self.stages = stages_of(cfg)
         self.corpus = self.root / "corpus.jsonl"
         self.filtered = self.root / "corpus.filtered.jsonl"
         self.students = self.root / "students"
@@ -434,6 +452,8 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, from_stage: str | 
     for name in (from_stage, until):
         if name is not None and name not in stages:
             raise ScotdError(f"unknown stage {name!r}; this run's stages: {', '.join(stages)}")
+    if from_stage and until and stages.index(until) < stages.index(from_stage):
+        raise ScotdError(f"--until {until} comes before --from {from_stage}: nothing would run")
     run = Run(out, cfg)
     run.open()
     if from_stage:
@@ -456,8 +476,9 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, from_stage: str | 
 
 
 def _remove_outputs_from(run: Run, from_stage: str, say) -> None:
-    """`--from STAGE` reruns that stage and the later ones: the outputs they resume from are removed first
-    (students and their checkpoints, tuning candidates, evaluations), so nothing of the earlier run is reused."""
+    """`--from STAGE` reruns that stage and the later ones: the outputs they would resume from are removed first
+    (tuning candidates, students and their checkpoints, evaluations). The sampled corpus is kept: `--from sample`
+    resumes it (a corpus is append-only; a new one needs a new run directory)."""
     at = STAGES.index(from_stage)
     for stage, path in (("tune", run.tune_dir), ("train", run.students), ("evaluate", run.eval_dir)):
         if at <= STAGES.index(stage) and path.exists():
@@ -468,10 +489,10 @@ def _remove_outputs_from(run: Run, from_stage: str, say) -> None:
 # --- the stages -------------------------------------------------------------------------------------------
 
 
-def _examples(run: Run, split: str, limit: int | None, task: str | None = None):
+def _examples(run: Run, split: str, limit: int | None):
     from .datasets import load_examples
 
-    return load_examples(task or run.cfg.task, split, data_dir=run.cfg.data_dir, limit=limit)
+    return load_examples(run.cfg.task, split, data_dir=run.cfg.data_dir, limit=limit)
 
 
 def stage_sample(run: Run, say) -> dict:

@@ -271,8 +271,9 @@ def sweep_rows(runs: list[dict]) -> list[dict]:
     filters are all `correct`/`all` is a point of the curve (a line per filter); any other is a selection arm."""
     rows = []
     for run in runs:
-        greedy = [r for r in accuracy_rows(run) if r["model"] == "scotd" and r["filter"] != "none"
-                  and not r["task"].endswith("_sc")]
+        task = f"scotd_{run['config']['task']}"
+        greedy = [r for r in accuracy_rows(run) if r["model"] == "scotd" and r["task"] == task
+                  and r.get("split") in (None, run["config"].get("eval_split", "validation"))]
         if not greedy:
             continue
         filters = run["config"]["filters"]
@@ -430,7 +431,10 @@ def _tune_so_far(run: dict) -> dict | None:
     scores, tune = run["root"] / "tune" / "scores.json", run["config"].get("tune")
     if not tune or not scores.is_file():
         return None
-    return {"grid": tune["learning_rate"], "questions": tune.get("questions"), "split": tune["split"],
+    size = tune.get("questions")
+    if size is None:  # the tune stage's default: the first training size
+        size = (run["config"].get("train_sizes") or [{}])[0].get("questions")
+    return {"grid": tune["learning_rate"], "questions": size, "split": tune["split"],
             "limit": tune.get("limit"), "chosen": {}, "scores": read_json(scores), "in_progress": True}
 
 

@@ -15,7 +15,6 @@ import typing
 from pathlib import Path
 
 from . import atomic
-from .errors import ScotdError
 
 if typing.TYPE_CHECKING:
     from .pipeline import PipelineConfig, Run
@@ -155,7 +154,8 @@ def stage_train(run: Run, say) -> dict:
         out = run.students / student.name
         rate = chosen.get(student.arm)
         tuned = run.tune_dir / student.name / _rate_name(rate) if rate is not None else None
-        if tuned is not None and student.questions == _tune_size(cfg) and not out.exists():
+        # (after `--from train` the tuned one is gone: moved into the students/ that was removed; then it retrains)
+        if tuned is not None and student.questions == _tune_size(cfg) and tuned.is_dir() and not out.exists():
             out.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tuned, out)
             say(f"  {student.name}: the tuned student (learning rate {rate:g})")
@@ -245,21 +245,22 @@ def _score(run: Run, name: str, model: str, tasks: list[str], out: Path, split: 
 
 
 def best_student(run: Run) -> str:
-    """The distilled (not label-only) student with the best greedy accuracy on the run's task; `scotd` when the
-    evaluate stage has not scored any. This one is exported, and scored by self-consistency."""
+    """The SCoTD student (the `scotd` arm; the `cose` one where a run has no scotd arm) with the best greedy
+    accuracy on the run's task, or the first of them when none is scored yet. This one is exported, and scored by
+    self-consistency."""
     from .arms import students
 
-    best, best_acc = "scotd" if "scotd" in run.cfg.arm_names else None, -1.0
-    for student in students(run.cfg):
+    arm = "scotd" if "scotd" in run.cfg.arm_names else "cose"
+    candidates = [s for s in students(run.cfg) if s.arm == arm]
+    best, best_acc = candidates[0].name, -1.0
+    for student in candidates:
         results = run.eval_dir / student.name / "results.json"
-        if student.label_only or not results.is_file():
+        if not results.is_file():
             continue
         metrics = json.loads(results.read_text(encoding="utf-8"))["results"].get(student.task(run.cfg.task), {})
         acc = next((v for k, v in metrics.items() if k.startswith("acc,")), None)
         if acc is not None and acc > best_acc:
             best, best_acc = student.name, acc
-    if best is None:
-        raise ScotdError("no distilled student in this run (arms has only label_only)")
     return best
 
 

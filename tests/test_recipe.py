@@ -148,6 +148,19 @@ def test_tuning_on_the_test_split_or_on_trained_questions_is_refused(tmp_path):
                                   "train": {"learning_rate": 1e-3}})
     with pytest.raises(ScotdError, match="cose arm explains CSQA"):
         PipelineConfig.from_dict({"task": "quarel", "arms": ["scotd", "cose"]})
+    with pytest.raises(ScotdError, match="tune.split train overlaps train_split train-fit"):
+        PipelineConfig.from_dict({"train_split": "train-fit", "tune": {"learning_rate": [1e-4], "split": "train"}})
+    with pytest.raises(ScotdError, match="needs a distilled arm"):
+        PipelineConfig.from_dict({"arms": ["label_only"]})
+    with pytest.raises(ScotdError, match="each task once, and not the run's own task"):
+        PipelineConfig.from_dict({"transfer_tasks": ["quarel", "quarel:train"]})
+    with pytest.raises(ScotdError, match=r"unknown key 'tune.lr' \(known keys: learning_rate, questions"):
+        PipelineConfig.from_dict({"train_split": "train-fit", "tune": {"learning_rate": [1e-4], "lr": 1}})
+    from scotd_harness.pipeline import run_pipeline
+
+    with pytest.raises(ScotdError, match="--until sample comes before --from train"):
+        run_pipeline(PipelineConfig(), tmp_path / "run", from_stage="train", until="sample")
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_rate_chosen_is_the_best_held_out_score_and_never_a_collapsed_one():
@@ -306,3 +319,10 @@ def test_arms_tuned_evaluated_exported_and_resumed(tmp_path, fixtures_dir, embed
     redo = _run([*args, "--until", "evaluate"], env)
     assert redo.returncode == 0, redo.stderr[-3000:]
     assert redo.stderr.count("evaluated already") == 7 * 2 + 1 and "exporting" not in redo.stderr
+
+    # --from train: the tuned students went with students/, so each arm retrains at its chosen rate
+    retrain = _run([*args, "--from", "train", "--until", "train"], env)
+    assert retrain.returncode == 0, retrain.stderr[-3000:]
+    for arm, rate in tune["chosen"].items():
+        meta = json.loads((run / "students" / f"{arm}_12" / "scotd.json").read_text())
+        assert meta["training"]["learning_rate"] == rate

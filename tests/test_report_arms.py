@@ -309,3 +309,21 @@ def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
     curve, selection = report.split("### Selecting chains")
     assert "| n4-all | 4 | all |" in curve and "| n4-random-k |" in selection and "random-k" not in curve
     assert (dirs[0] / "accuracy_vs_n.png").stat().st_size > 1000
+
+
+def test_report_shows_the_tuning_candidates_scored_so_far(tmp_path):
+    """`scotd report` on a run whose tune stage is still running: the candidates in tune/scores.json, the grid and
+    the size from the config, and no rate marked chosen yet."""
+    run = tmp_path / "run"
+    (run / "tune").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({
+        "task": "csqa", "teacher": "hf:embedded", "student": "embedded", "n": 1, "temperature": 1.0,
+        "filters": ["correct"], "corpus_source": "distilling-step-by-step", "train_sizes": [{"questions": 2000}],
+        "tune": {"learning_rate": [5e-5, 1e-4], "questions": None, "split": "train-holdout", "limit": 300}}))
+    (run / "stages.json").write_text(json.dumps({"stages": {"filter": {"seconds": 1.0, "finished": "now"}}}))
+    (run / "tune" / "scores.json").write_text(json.dumps({"label_only_2k lr5e-05": {
+        "arm": "label_only", "learning_rate": 5e-5, "accuracy": 0.31, "n": 300, "most_common_share": 0.22}}))
+    report = write_report(run).read_text()
+    table = report.split("## Learning rate, tuned per arm")[1]
+    assert "trained on 2000 questions" in table and "**In progress**" in table
+    assert "| label_only | 5e-05 | 31.0 | 300 | 22.0 |  |" in table and "**yes**" not in table
