@@ -27,7 +27,7 @@ from .errors import ScotdError
 from .student_stages import (  # the stages that make and score students
     TEACHER_MODEL_TYPES,  # noqa: F401  (part of this module's interface)
     best_student,  # noqa: F401
-    choose_rate,  # noqa: F401
+    choose_candidate,  # noqa: F401
     evaluated_models,  # noqa: F401
     stage_evaluate,
     stage_export,
@@ -74,10 +74,12 @@ class TrainSize(BaseModel):
 
 
 class TuneConfig(BaseModel):
-    """Learning rate chosen per arm on questions no student trains on and the report never scores: each arm is
-    trained at the size `questions` once per rate in `learning_rate`, scored on `limit` questions of `split`, and
-    the best rate (the smaller on a tie) trains that arm at every size. The students of the tuning size are the
-    tuned ones themselves, not retrained."""
+    """Learning rate (and, per arm, epochs) chosen on questions no student trains on and the report never scores:
+    each arm is trained at the size `questions` once per rate in `learning_rate`, scored on `limit` questions of
+    `split`, and the best rate (the smaller on a tie) trains that arm at every size. An arm listed in `epochs` is
+    then trained at its chosen rate once per number of epochs there, and the best of all its candidates wins (the
+    fewer epochs on a tie); its other sizes train for their own epochs scaled by chosen / tuning-size epochs. The
+    students of the tuning size are the tuned ones themselves, not retrained."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -86,6 +88,21 @@ class TuneConfig(BaseModel):
     questions: int | None = None
     split: str = "train-holdout"
     limit: int | None = Field(300, ge=1)
+    #: arm -> numbers of epochs tried at that arm's chosen rate (a short target, as label-only's, may need more
+    #: passes than a chain does); the tuning size's own epochs count is already a candidate of the rate grid
+    epochs: dict[str, list[int]] = Field(default_factory=dict)
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs_grid(cls, value: dict) -> dict:
+        from .arms import ARMS
+
+        for arm, grid in value.items():
+            if arm not in ARMS:
+                raise ValueError(f"unknown arm {arm!r} (known: {', '.join(ARMS)})")
+            if not grid or any(e < 1 for e in grid) or len(set(grid)) != len(grid):
+                raise ValueError(f"epochs of {arm}: distinct whole numbers of at least 1")
+        return value
 
     @field_validator("split")
     @classmethod
@@ -272,6 +289,11 @@ class PipelineConfig(BaseModel):
                                  else f"tune.split {self.tune.split} overlaps train_split {self.train_split}")
             if "learning_rate" in self.train or any("learning_rate" in s.train for s in self.train_sizes):
                 raise ValueError("tune chooses the learning rate: remove learning_rate from train")
+            if set(self.tune.epochs) - set(self.arm_names):
+                raise ValueError(f"tune.epochs names arms this run does not train: "
+                                 f"{', '.join(sorted(set(self.tune.epochs) - set(self.arm_names)))}")
+            if self.tune.epochs and ("max_steps" in self.train or any("max_steps" in s.train for s in self.train_sizes)):
+                raise ValueError("tune.epochs needs training measured in epochs: remove max_steps from train")
         return self
 
     @property
@@ -432,6 +454,10 @@ class Run:
         current = self.cfg.model_dump()
         if saved.is_file():
             old = json.loads(saved.read_text(encoding="utf-8"))
+            try:  # a nested setting added later (tune.epochs) gets its default too
+                old = PipelineConfig.model_validate(old).model_dump()
+            except ValidationError:
+                pass
             defaults = PipelineConfig.model_construct().model_dump()
             diff = sorted(k for k in set(old) | set(current)
                           if old.get(k, defaults.get(k)) != current.get(k))

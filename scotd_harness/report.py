@@ -427,30 +427,38 @@ def _students_table(rows: list[dict]) -> str:
 
 
 def _tune_so_far(run: dict) -> dict | None:
-    """A tune stage still running: the candidates scored so far (tune/scores.json), no rate chosen yet."""
+    """A tune stage still running: the candidates scored so far (tune/scores.json), nothing chosen yet."""
     scores, tune = run["root"] / "tune" / "scores.json", run["config"].get("tune")
     if not tune or not scores.is_file():
         return None
     size = tune.get("questions")
     if size is None:  # the tune stage's default: the first training size
         size = (run["config"].get("train_sizes") or [{}])[0].get("questions")
-    return {"grid": tune["learning_rate"], "questions": size, "split": tune["split"],
-            "limit": tune.get("limit"), "chosen": {}, "scores": read_json(scores), "in_progress": True}
+    return {"grid": tune["learning_rate"], "epochs_grid": tune.get("epochs") or {}, "questions": size,
+            "split": tune["split"], "limit": tune.get("limit"), "chosen": {}, "scores": read_json(scores),
+            "in_progress": True}
 
 
 def _tune_table(tune: dict) -> str:
-    """The learning-rate grid: every candidate's held-out score, and the rate each arm went on with."""
+    """The tuning grid: every candidate's held-out score, and the rate (and epochs) each arm went on with."""
     size = "all" if tune.get("questions") is None else tune["questions"]
+    epochs_grid = tune.get("epochs_grid") or {}
+    also = "".join(f" {arm} was also trained for {', '.join(format(e, 'g') for e in grid)} epochs at its best rate."
+                   for arm, grid in epochs_grid.items())
     out = [f"## Learning rate, tuned per arm\n\nEach arm trained on {size} questions once per rate of the grid "
            f"{', '.join(format(r, 'g') for r in tune['grid'])}, scored on {tune.get('limit') or 'all'} "
-           f"`{tune['split']}` questions (never the evaluation split); the best rate per arm (a collapsed candidate, "
-           f"one answer to more than half of the questions, only when all are) trained it at every size."
+           f"`{tune['split']}` questions (never the evaluation split).{also} The best candidate per arm (a collapsed "
+           f"one, one answer to more than half of the questions, only when all are) trained it at every size."
            + (" **In progress**: the candidates scored so far.\n" if tune.get("in_progress") else "\n"),
-           "| arm | learning rate | held-out accuracy % | n | top answer % | chosen |", "|---|---:|---:|---:|---:|---|"]
-    for rec in sorted(tune["scores"].values(), key=lambda r: (r["arm"], r["learning_rate"])):
-        chosen = "**yes**" if tune["chosen"].get(rec["arm"]) == rec["learning_rate"] else ""
-        out.append(f"| {rec['arm']} | {rec['learning_rate']:g} | {_pct(rec['accuracy'])} | {rec.get('n') or ''} | "
-                   f"{_pct(rec.get('most_common_share'))} | {chosen} |")
+           "| arm | learning rate | epochs | held-out accuracy % | n | top answer % | chosen |",
+           "|---|---:|---:|---:|---:|---:|---|"]
+    chosen_epochs = tune.get("chosen_epochs") or {}
+    for rec in sorted(tune["scores"].values(), key=lambda r: (r["arm"], r["learning_rate"], r.get("epochs") or 0)):
+        arm = rec["arm"]
+        chosen = tune["chosen"].get(arm) == rec["learning_rate"] and chosen_epochs.get(arm, rec.get("epochs")) == rec.get("epochs")
+        epochs = format(rec["epochs"], "g") if rec.get("epochs") is not None else ""
+        out.append(f"| {arm} | {rec['learning_rate']:g} | {epochs} | {_pct(rec['accuracy'])} | {rec.get('n') or ''} | "
+                   f"{_pct(rec.get('most_common_share'))} | {'**yes**' if chosen else ''} |")
     return "\n".join(out) + "\n"
 
 

@@ -20,7 +20,7 @@ if typing.TYPE_CHECKING:
     from .pipeline import PipelineConfig, Run
 
 
-def _train_one(run: Run, out: Path, student, learning_rate: float | None, say) -> Path:
+def _train_one(run: Run, out: Path, student, learning_rate: float | None, say, epochs: float | None = None) -> Path:
     """Train one student into `out`, resuming from its newest Trainer checkpoint when a killed run left one.
 
     A student whose scotd.json exists finished training (it is written last) and is kept. Once a student is saved
@@ -38,9 +38,11 @@ def _train_one(run: Run, out: Path, student, learning_rate: float | None, say) -
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
     if last:
         say(f"  {student.name}: resuming from {Path(last).name} (a Trainer checkpoint of the interrupted run)")
-    options = {"seed": run.cfg.seed, **run.cfg.train, **student.train}
+    options = train_options(run, student)
     if learning_rate is not None:
         options["learning_rate"] = learning_rate
+    if epochs is not None:
+        options["num_train_epochs"] = epochs
     cfg = DistillConfig(student=run.cfg.student, corpus=str(corpus_path(run.root, student.corpus)),
                         task=run.cfg.task, label_only=student.label_only, output_dir=str(out),
                         resume_from_checkpoint="last", **options)
@@ -64,8 +66,21 @@ def _no_final_checkpoint():
     return NoFinalCheckpoint()
 
 
-def _rate_name(learning_rate: float) -> str:
-    return f"lr{learning_rate:g}"
+def train_options(run: Run, student) -> dict:
+    """The `scotd train` options of one student: the run's, then its size's."""
+    return {"seed": run.cfg.seed, **run.cfg.train, **student.train}
+
+
+def _epochs_of(run: Run, student) -> float:
+    from .train import DistillConfig
+
+    return train_options(run, student).get("num_train_epochs", DistillConfig.__dataclass_fields__["num_train_epochs"].default)
+
+
+def _candidate(learning_rate: float, epochs: float | None = None) -> str:
+    """A tuning candidate's name (its folder under tune/<student>/): `lr0.0001`, or `lr0.0001-ep6` when it
+    trains for other than the tuning size's epochs."""
+    return f"lr{learning_rate:g}" + (f"-ep{epochs:g}" if epochs is not None else "")
 
 
 def _tune_size(cfg: PipelineConfig) -> int | None:
@@ -73,10 +88,11 @@ def _tune_size(cfg: PipelineConfig) -> int | None:
 
 
 def stage_tune(run: Run, say) -> dict:
-    """Each arm at the tuning size, once per learning rate of the grid, scored on held-out train questions; the
-    best rate per arm is recorded (tune/scores.json, and this stage's summary). Candidates finish one by one and
-    are recorded as they do, so a killed stage resumes at the next candidate (a candidate's training resumes from
-    its checkpoint). The losing candidates' weights are deleted at the end; their scores stay."""
+    """Each arm at the tuning size, once per learning rate of the grid, then (an arm in `tune.epochs`) once per
+    number of epochs at its best rate, scored on held-out train questions; each arm's best candidate is recorded
+    (tune/scores.json, and this stage's summary). Candidates finish one by one and are recorded as they do, so a
+    killed stage resumes at the next candidate (a candidate's training resumes from its checkpoint). The losing
+    candidates' weights are deleted at the end; their scores stay."""
     from .arms import students
 
     cfg = run.cfg
@@ -84,43 +100,49 @@ def stage_tune(run: Run, say) -> dict:
     size = _tune_size(cfg)
     scores_path = run.tune_dir / "scores.json"
     scores = json.loads(scores_path.read_text(encoding="utf-8")) if scores_path.is_file() else {}
-    candidates = [s for s in students(cfg) if s.questions == size]
-    for student in candidates:
-        for rate in tune.learning_rate:
-            key = f"{student.name} {_rate_name(rate)}"
-            if key in scores:
-                continue
-            out = run.tune_dir / student.name / _rate_name(rate)
-            say(f"  tune {student.name} at learning rate {rate:g}")
-            _train_one(run, out, student, rate, say)
-            result = _score(run, student.name, str(out), [student.task(cfg.task)], run.tune_dir / "eval" / key.replace(" ", "_"),
-                            split=tune.split, limit=tune.limit, say=say)
-            scores[key] = {"arm": student.arm, "learning_rate": rate, "accuracy": result["accuracy"],
-                           "n": result["n"], "most_common_share": result["most_common_share"],
-                           "dev_losses": _dev_losses(out)}
+
+    def candidate(student, rate: float, epochs: float | None = None) -> dict:
+        key = f"{student.name} lr{rate:g}" + (f" ep{epochs:g}" if epochs is not None else "")
+        if key not in scores:
+            out = run.tune_dir / student.name / _candidate(rate, epochs)
+            say(f"  tune {student.name} at learning rate {rate:g}" + (f", {epochs:g} epochs" if epochs else ""))
+            _train_one(run, out, student, rate, say, epochs=epochs)
+            result = _score(run, student.name, str(out), [student.task(cfg.task)],
+                            run.tune_dir / "eval" / key.replace(" ", "_"), split=tune.split, limit=tune.limit, say=say)
+            scores[key] = {"arm": student.arm, "learning_rate": rate, "epochs": epochs or _epochs_of(run, student),
+                           "accuracy": result["accuracy"], "n": result["n"],
+                           "most_common_share": result["most_common_share"], "dev_losses": _dev_losses(out)}
             atomic.write_json(scores_path, scores)
-    chosen = {}
-    for student in candidates:
-        best = choose_rate([scores[f"{student.name} {_rate_name(rate)}"] for rate in tune.learning_rate])
-        chosen[student.arm] = best["learning_rate"]
-        say(f"  {student.arm}: learning rate {best['learning_rate']:g} (accuracy {best['accuracy']:.3f} on "
-            f"{best['n']} {tune.split} questions)")
-        for rate in tune.learning_rate:
-            if rate != best["learning_rate"]:
-                _drop_weights(run.tune_dir / student.name / _rate_name(rate))
-    return {"grid": list(tune.learning_rate), "questions": size, "split": tune.split, "limit": tune.limit,
-            "chosen": chosen, "scores": scores}
+        return {**scores[key], "epochs": scores[key].get("epochs") or _epochs_of(run, student),
+                "folder": _candidate(rate, epochs)}
+
+    chosen, chosen_epochs = {}, {}
+    for student in (s for s in students(cfg) if s.questions == size):
+        base = _epochs_of(run, student)
+        tried = [candidate(student, rate) for rate in tune.learning_rate]
+        best_rate = choose_candidate(tried)["learning_rate"]
+        tried += [candidate(student, best_rate, epochs) for epochs in tune.epochs.get(student.arm, []) if epochs != base]
+        best = choose_candidate(tried)
+        chosen[student.arm], chosen_epochs[student.arm] = best["learning_rate"], best["epochs"]
+        say(f"  {student.arm}: learning rate {best['learning_rate']:g}, {best['epochs']:g} epochs (accuracy "
+            f"{best['accuracy']:.3f} on {best['n']} {tune.split} questions)")
+        for other in tried:
+            if other["folder"] != best["folder"]:
+                _drop_weights(run.tune_dir / student.name / other["folder"])
+    return {"grid": list(tune.learning_rate), "epochs_grid": dict(tune.epochs), "questions": size,
+            "split": tune.split, "limit": tune.limit, "chosen": chosen, "chosen_epochs": chosen_epochs,
+            "scores": scores}
 
 
-def choose_rate(candidates: list[dict]) -> dict:
-    """The candidate with the best held-out accuracy, the smaller rate on a tie; a collapsed one (one answer to
-    more than half of the questions: stats.check_run's rule) only when every candidate collapsed, since its
-    accuracy is the share of that letter among the gold answers, not learning."""
+def choose_candidate(candidates: list[dict]) -> dict:
+    """The candidate with the best held-out accuracy, the smaller rate and then the fewer epochs on a tie; a
+    collapsed one (one answer to more than half of the questions: stats.check_run's rule) only when every
+    candidate collapsed, since its accuracy is the share of that letter among the gold answers, not learning."""
     from .stats import COLLAPSE_SHARE
 
     def key(c: dict):
         collapsed = c["most_common_share"] is not None and c["most_common_share"] > COLLAPSE_SHARE
-        return (not collapsed, c["accuracy"], -c["learning_rate"])
+        return (not collapsed, c["accuracy"], -c["learning_rate"], -(c.get("epochs") or 0))
 
     return max(candidates, key=key)
 
@@ -144,23 +166,33 @@ def _dev_losses(student_dir: Path) -> list | None:
 
 
 def stage_train(run: Run, say) -> dict:
-    """Every student of the run; a student of the tuning size is the tuned candidate itself, moved into place."""
+    """Every student of the run; a student of the tuning size is the tuned candidate itself, moved into place.
+    The other sizes train at the arm's chosen rate, for their own epochs times chosen / tuning-size epochs."""
     from .arms import students
 
     cfg = run.cfg
-    chosen = run.state().get("tune", {}).get("chosen", {}) if cfg.tune else {}
+    tuned_state = run.state().get("tune", {}) if cfg.tune else {}
+    chosen, chosen_epochs = tuned_state.get("chosen", {}), tuned_state.get("chosen_epochs", {})
     summary = {}
     for student in students(cfg):
         out = run.students / student.name
-        rate = chosen.get(student.arm)
-        tuned = run.tune_dir / student.name / _rate_name(rate) if rate is not None else None
+        rate, epochs = chosen.get(student.arm), None
+        if rate is not None and chosen_epochs.get(student.arm) is not None:
+            tuning_student = next(s for s in students(cfg) if s.arm == student.arm and s.questions == _tune_size(cfg))
+            scale = chosen_epochs[student.arm] / _epochs_of(run, tuning_student)
+            if scale != 1:
+                epochs = _epochs_of(run, student) * scale
+        tuned = None
+        if rate is not None and student.questions == _tune_size(cfg):
+            tuned = run.tune_dir / student.name / _candidate(rate, chosen_epochs.get(student.arm) if epochs else None)
         # (after `--from train` the tuned one is gone: moved into the students/ that was removed; then it retrains)
-        if tuned is not None and student.questions == _tune_size(cfg) and tuned.is_dir() and not out.exists():
+        if tuned is not None and tuned.is_dir() and not out.exists():
             out.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tuned, out)
-            say(f"  {student.name}: the tuned student (learning rate {rate:g})")
+            say(f"  {student.name}: the tuned student (learning rate {rate:g}"
+                + (f", {chosen_epochs[student.arm]:g} epochs)" if epochs else ")"))
         else:
-            _train_one(run, out, student, rate, say)
+            _train_one(run, out, student, rate, say, epochs=epochs)
         summary[student.name] = str(out.relative_to(run.root))
         say(f"  {student.name}: {out}")
     return summary

@@ -81,7 +81,7 @@ arms: [label_only, scotd, cose]
 train_sizes:
   - {{questions: 12}}
   - {{questions: null, train: {{num_train_epochs: 1}}}}
-tune: {{learning_rate: [1.0e-4, 3.0e-3], split: train-holdout, limit: 4}}
+tune: {{learning_rate: [5.0e-5, 3.0e-3], split: train-holdout, limit: 4, epochs: {{label_only: [1, 2]}}}}
 train: {{num_train_epochs: 1, per_device_train_batch_size: 4, max_length: 96, dev_fraction: 0.0, logging_steps: 1,
          disable_tqdm: true, save_steps: 2}}
 eval_backend: onnx
@@ -156,6 +156,16 @@ def test_tuning_on_the_test_split_or_on_trained_questions_is_refused(tmp_path):
         PipelineConfig.from_dict({"transfer_tasks": ["quarel", "quarel:train"]})
     with pytest.raises(ScotdError, match=r"unknown key 'tune.lr' \(known keys: learning_rate, questions"):
         PipelineConfig.from_dict({"train_split": "train-fit", "tune": {"learning_rate": [1e-4], "lr": 1}})
+    tuned = {"train_split": "train-fit", "arms": ["scotd", "label_only"]}
+    with pytest.raises(ScotdError, match="tune.epochs names arms this run does not train: cose"):
+        PipelineConfig.from_dict({**tuned, "tune": {"learning_rate": [1e-4], "epochs": {"cose": [4]}}})
+    with pytest.raises(ScotdError, match="unknown arm 'lable_only'"):
+        PipelineConfig.from_dict({**tuned, "tune": {"learning_rate": [1e-4], "epochs": {"lable_only": [4]}}})
+    with pytest.raises(ScotdError, match="distinct whole numbers of at least 1"):
+        PipelineConfig.from_dict({**tuned, "tune": {"learning_rate": [1e-4], "epochs": {"label_only": [0, 4]}}})
+    with pytest.raises(ScotdError, match="remove max_steps"):
+        PipelineConfig.from_dict({**tuned, "train": {"max_steps": 50},
+                                  "tune": {"learning_rate": [1e-4], "epochs": {"label_only": [4]}}})
     from scotd_harness.pipeline import run_pipeline
 
     with pytest.raises(ScotdError, match="--until sample comes before --from train"):
@@ -163,17 +173,40 @@ def test_tuning_on_the_test_split_or_on_trained_questions_is_refused(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_the_rate_chosen_is_the_best_held_out_score_and_never_a_collapsed_one():
-    from scotd_harness.pipeline import choose_rate
+def test_a_run_saved_before_a_nested_setting_existed_opens_and_a_changed_grid_is_refused(tmp_path):
+    """tune.epochs came after runs were started: a saved config without it means the default (no epochs grid)."""
+    from scotd_harness.errors import ScotdError
+    from scotd_harness.pipeline import PipelineConfig, Run
 
-    def cand(rate, acc, share):
-        return {"learning_rate": rate, "accuracy": acc, "most_common_share": share}
+    settings = {"train_split": "train-fit", "tune": {"learning_rate": [1e-4, 2e-4]}}
+    Run(tmp_path, PipelineConfig.from_dict(settings)).open()
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["tune"]["epochs"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    Run(tmp_path, PipelineConfig.from_dict(settings)).open()
+    with pytest.raises(ScotdError, match=r"other settings \(tune differ\)"):
+        Run(tmp_path, PipelineConfig.from_dict({**settings, "tune": {"learning_rate": [1e-4, 2e-4],
+                                                                      "epochs": {"scotd": [4]}}})).open()
 
-    assert choose_rate([cand(5e-5, 0.30, 0.3), cand(1e-4, 0.35, 0.3), cand(2e-4, 0.33, 0.2)])["learning_rate"] == 1e-4
+
+def test_the_candidate_chosen_is_the_best_held_out_score_and_never_a_collapsed_one():
+    from scotd_harness.pipeline import choose_candidate
+
+    def cand(rate, acc, share, epochs=2):
+        return {"learning_rate": rate, "accuracy": acc, "most_common_share": share, "epochs": epochs}
+
+    def rate(cands):
+        return choose_candidate(cands)["learning_rate"]
+
+    assert rate([cand(5e-5, 0.30, 0.3), cand(1e-4, 0.35, 0.3), cand(2e-4, 0.33, 0.2)]) == 1e-4
     # 2e-4 answers (d) to 90% of the questions and scores best on a holdout where (d) is common: not chosen
-    assert choose_rate([cand(5e-5, 0.30, 0.3), cand(2e-4, 0.40, 0.9)])["learning_rate"] == 5e-5
-    assert choose_rate([cand(5e-5, 0.20, 0.8), cand(2e-4, 0.25, 0.9)])["learning_rate"] == 2e-4  # all collapsed
-    assert choose_rate([cand(1e-4, 0.30, 0.3), cand(5e-5, 0.30, 0.3)])["learning_rate"] == 5e-5  # tie: smaller
+    assert rate([cand(5e-5, 0.30, 0.3), cand(2e-4, 0.40, 0.9)]) == 5e-5
+    assert rate([cand(5e-5, 0.20, 0.8), cand(2e-4, 0.25, 0.9)]) == 2e-4  # all collapsed
+    assert rate([cand(1e-4, 0.30, 0.3), cand(5e-5, 0.30, 0.3)]) == 5e-5  # tie: smaller
+    # an epochs candidate wins on its score, loses a tie to fewer epochs, and never wins collapsed
+    assert choose_candidate([cand(1e-4, 0.30, 0.3), cand(1e-4, 0.34, 0.3, epochs=6)])["epochs"] == 6
+    assert choose_candidate([cand(1e-4, 0.30, 0.3, epochs=6), cand(1e-4, 0.30, 0.3)])["epochs"] == 2
+    assert choose_candidate([cand(1e-4, 0.30, 0.3), cand(1e-4, 0.34, 0.7, epochs=6)])["epochs"] == 2
 
 
 def test_preset_corpus_on_the_real_files(tmp_path, data_dir):
@@ -266,25 +299,32 @@ def test_arms_tuned_evaluated_exported_and_resumed(tmp_path, fixtures_dir, embed
     killed = _run([*args, "--until", "tune"], env, script)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     scores = json.loads((run / "tune" / "scores.json").read_text())
-    assert list(scores) == ["label_only_12 lr0.0001"]
+    assert list(scores) == ["label_only_12 lr5e-05"]  # (a rate's name keeps its "-")
 
     rest = _run(args, env)
     assert rest.returncode == 0, rest.stderr[-3000:]
-    assert "label_only_12 lr0.0001: trained already" not in rest.stderr  # scored already: not even reopened
-    assert "tune label_only_12 at learning rate 0.0001" not in rest.stderr
+    assert "label_only_12 lr5e-05: trained already" not in rest.stderr  # scored already: not even reopened
+    assert "tune label_only_12 at learning rate 5e-05\n" not in rest.stderr
     state = json.loads((run / "stages.json").read_text())["stages"]
     assert list(state) == ["sample", "filter", "tune", "train", "evaluate", "export", "infer"]
     tune = state["tune"]
-    assert tune["grid"] == [1e-4, 3e-3] and set(tune["chosen"]) == {"label_only", "scotd", "cose"}
-    assert len(tune["scores"]) == 6 and all(s["n"] == 4 for s in tune["scores"].values())
+    assert tune["grid"] == [5e-5, 3e-3] and set(tune["chosen"]) == {"label_only", "scotd", "cose"}
+    # label-only also trained for 2 epochs (the tuning size's own 1 is a rate candidate) at its best rate
+    assert len(tune["scores"]) == 7 and all(s["n"] == 4 for s in tune["scores"].values())
+    twice = [s for s in tune["scores"].values() if s["epochs"] == 2]
+    assert len(twice) == 1 and twice[0]["arm"] == "label_only"
+    assert tune["chosen_epochs"]["scotd"] == tune["chosen_epochs"]["cose"] == 1
     for arm, rate in tune["chosen"].items():
-        # the tuned student is the 12-question student; the full-corpus one trained at the same rate
+        # the tuned student is the 12-question student; the full-corpus one trained at the same rate, for its own
+        # epoch (1) times chosen / tuning-size epochs
+        epochs = tune["chosen_epochs"][arm]
         for name in (f"{arm}_12", arm):
             meta = json.loads((run / "students" / name / "scotd.json").read_text())
-            assert meta["training"]["learning_rate"] == rate
-        assert not (run / "tune" / f"{arm}_12" / f"lr{rate:g}").exists()
-        loser = 3e-3 if rate == 1e-4 else 1e-4
-        assert not list((run / "tune" / f"{arm}_12" / f"lr{loser:g}").glob("*.safetensors"))
+            assert meta["training"]["learning_rate"] == rate and meta["training"]["num_train_epochs"] == epochs
+        folders = {p.name for p in (run / "tune" / f"{arm}_12").iterdir()}
+        chosen = f"lr{rate:g}" + ("-ep2" if epochs == 2 else "")
+        assert chosen not in folders  # moved into students/
+        assert not [f for f in folders if list((run / "tune" / f"{arm}_12" / f).glob("*.safetensors"))]
     assert json.loads((run / "students" / "scotd" / "scotd.json").read_text())["training"]["num_train_epochs"] == 1
 
     for name in ("undistilled", "label_only_12", "scotd_12", "cose_12", "label_only", "scotd", "cose"):

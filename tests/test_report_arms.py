@@ -313,17 +313,34 @@ def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
 
 def test_report_shows_the_tuning_candidates_scored_so_far(tmp_path):
     """`scotd report` on a run whose tune stage is still running: the candidates in tune/scores.json, the grid and
-    the size from the config, and no rate marked chosen yet."""
+    the size from the config, and no rate marked chosen yet; once the stage is done, the one chosen candidate of
+    an arm tuned in epochs too is marked, not the other one at the same rate."""
     run = tmp_path / "run"
     (run / "tune").mkdir(parents=True)
+    tune = {"learning_rate": [5e-5, 1e-4], "questions": None, "split": "train-holdout", "limit": 300,
+            "epochs": {"label_only": [2, 6]}}
     (run / "config.json").write_text(json.dumps({
         "task": "csqa", "teacher": "hf:embedded", "student": "embedded", "n": 1, "temperature": 1.0,
         "filters": ["correct"], "corpus_source": "distilling-step-by-step", "train_sizes": [{"questions": 2000}],
-        "tune": {"learning_rate": [5e-5, 1e-4], "questions": None, "split": "train-holdout", "limit": 300}}))
+        "tune": tune}))
     (run / "stages.json").write_text(json.dumps({"stages": {"filter": {"seconds": 1.0, "finished": "now"}}}))
-    (run / "tune" / "scores.json").write_text(json.dumps({"label_only_2k lr5e-05": {
-        "arm": "label_only", "learning_rate": 5e-5, "accuracy": 0.31, "n": 300, "most_common_share": 0.22}}))
+    scores = {"label_only_2k lr5e-05": {"arm": "label_only", "learning_rate": 5e-5, "accuracy": 0.31, "n": 300,
+                                        "most_common_share": 0.22},  # recorded before candidates had epochs
+              "label_only_2k lr5e-05 ep6": {"arm": "label_only", "learning_rate": 5e-5, "epochs": 6, "accuracy": 0.35,
+                                            "n": 300, "most_common_share": 0.25}}
+    (run / "tune" / "scores.json").write_text(json.dumps(scores))
     report = write_report(run).read_text()
     table = report.split("## Learning rate, tuned per arm")[1]
     assert "trained on 2000 questions" in table and "**In progress**" in table
-    assert "| label_only | 5e-05 | 31.0 | 300 | 22.0 |  |" in table and "**yes**" not in table
+    assert "label_only was also trained for 2, 6 epochs at its best rate" in table
+    assert "| label_only | 5e-05 |  | 31.0 | 300 | 22.0 |  |" in table and "**yes**" not in table
+
+    scores["label_only_2k lr5e-05"]["epochs"] = 2
+    (run / "stages.json").write_text(json.dumps({"stages": {
+        "filter": {"seconds": 1.0, "finished": "now"},
+        "tune": {"seconds": 9.0, "finished": "now", "grid": tune["learning_rate"], "epochs_grid": tune["epochs"],
+                 "questions": 2000, "split": "train-holdout", "limit": 300, "chosen": {"label_only": 5e-5},
+                 "chosen_epochs": {"label_only": 6}, "scores": scores}}}))
+    table = write_report(run).read_text().split("## Learning rate, tuned per arm")[1]
+    assert "| label_only | 5e-05 | 2 | 31.0 | 300 | 22.0 |  |" in table
+    assert "| label_only | 5e-05 | 6 | 35.0 | 300 | 25.0 | **yes** |" in table and "In progress" not in table
