@@ -133,6 +133,8 @@ def test_the_shipped_preset_loads_and_names_its_students():
     assert stages_of(cfg) == ("sample", "filter", "tune", "train", "evaluate", "export", "infer")
     assert [s.name for s in students(cfg)] == ["label_only_2k", "scotd_2k", "cose_2k", "label_only", "scotd", "cose"]
     assert cfg.tune.split == "train-holdout" and cfg.train_split == "train-fit" and cfg.eval_split == "validation"
+    assert cfg.tune.learning_rate == [5e-5, 1e-4, 2e-4] and cfg.tune.epochs == {"label_only": [2, 6]}
+    assert cfg.train["num_train_epochs"] == 2 and cfg.train_sizes[1].train == {"num_train_epochs": 1}
 
 
 def test_tuning_on_the_test_split_or_on_trained_questions_is_refused(tmp_path):
