@@ -292,7 +292,8 @@ class PipelineConfig(BaseModel):
             if set(self.tune.epochs) - set(self.arm_names):
                 raise ValueError(f"tune.epochs names arms this run does not train: "
                                  f"{', '.join(sorted(set(self.tune.epochs) - set(self.arm_names)))}")
-            if self.tune.epochs and ("max_steps" in self.train or any("max_steps" in s.train for s in self.train_sizes)):
+            if self.tune.epochs and any(options.get("max_steps", -1) > 0
+                                        for options in [self.train, *(s.train for s in self.train_sizes)]):
                 raise ValueError("tune.epochs needs training measured in epochs: remove max_steps from train")
         return self
 

@@ -443,7 +443,7 @@ def _tune_table(tune: dict) -> str:
     """The tuning grid: every candidate's held-out score, and the rate (and epochs) each arm went on with."""
     size = "all" if tune.get("questions") is None else tune["questions"]
     epochs_grid = tune.get("epochs_grid") or {}
-    also = "".join(f" {arm} was also trained for {', '.join(format(e, 'g') for e in grid)} epochs at its best rate."
+    also = "".join(f" {arm} was then tuned over {', '.join(format(e, 'g') for e in grid)} epochs at its best rate."
                    for arm, grid in epochs_grid.items())
     out = [f"## Learning rate, tuned per arm\n\nEach arm trained on {size} questions once per rate of the grid "
            f"{', '.join(format(r, 'g') for r in tune['grid'])}, scored on {tune.get('limit') or 'all'} "
@@ -453,9 +453,14 @@ def _tune_table(tune: dict) -> str:
            "| arm | learning rate | epochs | held-out accuracy % | n | top answer % | chosen |",
            "|---|---:|---:|---:|---:|---:|---|"]
     chosen_epochs = tune.get("chosen_epochs") or {}
-    for rec in sorted(tune["scores"].values(), key=lambda r: (r["arm"], r["learning_rate"], r.get("epochs") or 0)):
+    records = list(tune["scores"].values())
+    for rec in sorted(records, key=lambda r: (r["arm"], r["learning_rate"], r.get("epochs") or 0)):
         arm = rec["arm"]
-        chosen = tune["chosen"].get(arm) == rec["learning_rate"] and chosen_epochs.get(arm, rec.get("epochs")) == rec.get("epochs")
+        chosen = tune["chosen"].get(arm) == rec["learning_rate"]
+        if chosen and arm in chosen_epochs:  # a record without epochs (scored by an older version) is the base one
+            same_rate = [r.get("epochs") for r in records if r["arm"] == arm and r["learning_rate"] == rec["learning_rate"]]
+            chosen = (rec.get("epochs") == chosen_epochs[arm]
+                      or (rec.get("epochs") is None and chosen_epochs[arm] not in same_rate))
         epochs = format(rec["epochs"], "g") if rec.get("epochs") is not None else ""
         out.append(f"| {arm} | {rec['learning_rate']:g} | {epochs} | {_pct(rec['accuracy'])} | {rec.get('n') or ''} | "
                    f"{_pct(rec.get('most_common_share'))} | {'**yes**' if chosen else ''} |")

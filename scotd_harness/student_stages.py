@@ -38,7 +38,7 @@ def _train_one(run: Run, out: Path, student, learning_rate: float | None, say, e
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
     if last:
         say(f"  {student.name}: resuming from {Path(last).name} (a Trainer checkpoint of the interrupted run)")
-    options = train_options(run, student)
+    options = train_options(run.cfg, student)
     if learning_rate is not None:
         options["learning_rate"] = learning_rate
     if epochs is not None:
@@ -66,15 +66,32 @@ def _no_final_checkpoint():
     return NoFinalCheckpoint()
 
 
-def train_options(run: Run, student) -> dict:
+def train_options(cfg: PipelineConfig, student) -> dict:
     """The `scotd train` options of one student: the run's, then its size's."""
-    return {"seed": run.cfg.seed, **run.cfg.train, **student.train}
+    return {"seed": cfg.seed, **cfg.train, **student.train}
 
 
-def _epochs_of(run: Run, student) -> float:
+def epochs_of(cfg: PipelineConfig, student) -> float | None:
+    """The epochs a student's options give it; None when it trains for a number of steps."""
     from .train import DistillConfig
 
-    return train_options(run, student).get("num_train_epochs", DistillConfig.__dataclass_fields__["num_train_epochs"].default)
+    options = train_options(cfg, student)
+    if options.get("max_steps", -1) > 0:
+        return None
+    return options.get("num_train_epochs", DistillConfig.__dataclass_fields__["num_train_epochs"].default)
+
+
+def tuned_epochs(cfg: PipelineConfig, student, chosen_epochs: float | None) -> float | None:
+    """The epochs `student` trains for when its arm's tuned candidate trained for `chosen_epochs`: its own epochs
+    times chosen / tuning-size epochs (2k at 6 of 2 epochs: the full size at 1 trains for 3); None where that is
+    just its own (no epochs tuned, the base won, or training in steps)."""
+    from .arms import students
+
+    tuning = next(s for s in students(cfg) if s.arm == student.arm and s.questions == _tune_size(cfg))
+    base, own = epochs_of(cfg, tuning), epochs_of(cfg, student)
+    if chosen_epochs is None or base is None or own is None or chosen_epochs == base:
+        return None
+    return own * chosen_epochs / base
 
 
 def _candidate(learning_rate: float, epochs: float | None = None) -> str:
@@ -109,23 +126,24 @@ def stage_tune(run: Run, say) -> dict:
             _train_one(run, out, student, rate, say, epochs=epochs)
             result = _score(run, student.name, str(out), [student.task(cfg.task)],
                             run.tune_dir / "eval" / key.replace(" ", "_"), split=tune.split, limit=tune.limit, say=say)
-            scores[key] = {"arm": student.arm, "learning_rate": rate, "epochs": epochs or _epochs_of(run, student),
-                           "accuracy": result["accuracy"], "n": result["n"],
+            scores[key] = {"arm": student.arm, "learning_rate": rate, "accuracy": result["accuracy"], "n": result["n"],
                            "most_common_share": result["most_common_share"], "dev_losses": _dev_losses(out)}
-            atomic.write_json(scores_path, scores)
-        return {**scores[key], "epochs": scores[key].get("epochs") or _epochs_of(run, student),
-                "folder": _candidate(rate, epochs)}
+        if "epochs" not in scores[key]:  # (also a candidate scored before candidates recorded their epochs)
+            scores[key]["epochs"] = epochs if epochs is not None else epochs_of(cfg, student)
+        atomic.write_json(scores_path, scores)
+        return {**scores[key], "folder": _candidate(rate, epochs)}
 
     chosen, chosen_epochs = {}, {}
     for student in (s for s in students(cfg) if s.questions == size):
-        base = _epochs_of(run, student)
+        base = epochs_of(cfg, student)
         tried = [candidate(student, rate) for rate in tune.learning_rate]
         best_rate = choose_candidate(tried)["learning_rate"]
         tried += [candidate(student, best_rate, epochs) for epochs in tune.epochs.get(student.arm, []) if epochs != base]
         best = choose_candidate(tried)
         chosen[student.arm], chosen_epochs[student.arm] = best["learning_rate"], best["epochs"]
-        say(f"  {student.arm}: learning rate {best['learning_rate']:g}, {best['epochs']:g} epochs (accuracy "
-            f"{best['accuracy']:.3f} on {best['n']} {tune.split} questions)")
+        say(f"  {student.arm}: learning rate {best['learning_rate']:g}"
+            + (f", {best['epochs']:g} epochs" if best["epochs"] is not None else "")
+            + f" (accuracy {best['accuracy']:.3f} on {best['n']} {tune.split} questions)")
         for other in tried:
             if other["folder"] != best["folder"]:
                 _drop_weights(run.tune_dir / student.name / other["folder"])
@@ -176,21 +194,17 @@ def stage_train(run: Run, say) -> dict:
     summary = {}
     for student in students(cfg):
         out = run.students / student.name
-        rate, epochs = chosen.get(student.arm), None
-        if rate is not None and chosen_epochs.get(student.arm) is not None:
-            tuning_student = next(s for s in students(cfg) if s.arm == student.arm and s.questions == _tune_size(cfg))
-            scale = chosen_epochs[student.arm] / _epochs_of(run, tuning_student)
-            if scale != 1:
-                epochs = _epochs_of(run, student) * scale
+        rate = chosen.get(student.arm)
+        epochs = tuned_epochs(cfg, student, chosen_epochs.get(student.arm)) if rate is not None else None
         tuned = None
         if rate is not None and student.questions == _tune_size(cfg):
-            tuned = run.tune_dir / student.name / _candidate(rate, chosen_epochs.get(student.arm) if epochs else None)
+            tuned = run.tune_dir / student.name / _candidate(rate, epochs)
         # (after `--from train` the tuned one is gone: moved into the students/ that was removed; then it retrains)
         if tuned is not None and tuned.is_dir() and not out.exists():
             out.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tuned, out)
             say(f"  {student.name}: the tuned student (learning rate {rate:g}"
-                + (f", {chosen_epochs[student.arm]:g} epochs)" if epochs else ")"))
+                + (f", {epochs:g} epochs)" if epochs else ")"))
         else:
             _train_one(run, out, student, rate, say, epochs=epochs)
         summary[student.name] = str(out.relative_to(run.root))

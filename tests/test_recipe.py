@@ -165,6 +165,8 @@ def test_tuning_on_the_test_split_or_on_trained_questions_is_refused(tmp_path):
         PipelineConfig.from_dict({**tuned, "tune": {"learning_rate": [1e-4], "epochs": {"lable_only": [4]}}})
     with pytest.raises(ScotdError, match="distinct whole numbers of at least 1"):
         PipelineConfig.from_dict({**tuned, "tune": {"learning_rate": [1e-4], "epochs": {"label_only": [0, 4]}}})
+    PipelineConfig.from_dict({**tuned, "train": {"max_steps": -1},  # -1: train in epochs
+                              "tune": {"learning_rate": [1e-4], "epochs": {"label_only": [4]}}})
     with pytest.raises(ScotdError, match="remove max_steps"):
         PipelineConfig.from_dict({**tuned, "train": {"max_steps": 50},
                                   "tune": {"learning_rate": [1e-4], "epochs": {"label_only": [4]}}})
@@ -189,6 +191,22 @@ def test_a_run_saved_before_a_nested_setting_existed_opens_and_a_changed_grid_is
     with pytest.raises(ScotdError, match=r"other settings \(tune differ\)"):
         Run(tmp_path, PipelineConfig.from_dict({**settings, "tune": {"learning_rate": [1e-4, 2e-4],
                                                                       "epochs": {"scotd": [4]}}})).open()
+
+
+def test_a_tuned_epochs_count_scales_to_every_size():
+    """The README's rule: label-only tuned to 6 epochs at 2k (base 2) trains for 3 at full size (base 1)."""
+    from scotd_harness.arms import students
+    from scotd_harness.pipeline import PipelineConfig
+    from scotd_harness.recipes import path
+    from scotd_harness.student_stages import tuned_epochs
+
+    cfg = load_config(path("csqa-palm"))
+    by_name = {s.name: s for s in students(cfg)}
+    assert tuned_epochs(cfg, by_name["label_only"], 6) == 3 and tuned_epochs(cfg, by_name["label_only_2k"], 6) == 6
+    assert tuned_epochs(cfg, by_name["label_only"], 2) is None and tuned_epochs(cfg, by_name["scotd"], None) is None
+    steps = PipelineConfig.from_dict({**cfg.model_dump(), "train": {**cfg.train, "max_steps": 100},
+                                      "tune": {**cfg.tune.model_dump(), "epochs": {}}})
+    assert tuned_epochs(steps, by_name["label_only"], 6) is None  # trained in steps: nothing to scale
 
 
 def test_the_candidate_chosen_is_the_best_held_out_score_and_never_a_collapsed_one():

@@ -332,15 +332,22 @@ def test_report_shows_the_tuning_candidates_scored_so_far(tmp_path):
     report = write_report(run).read_text()
     table = report.split("## Learning rate, tuned per arm")[1]
     assert "trained on 2000 questions" in table and "**In progress**" in table
-    assert "label_only was also trained for 2, 6 epochs at its best rate" in table
+    assert "label_only was then tuned over 2, 6 epochs at its best rate" in table
     assert "| label_only | 5e-05 |  | 31.0 | 300 | 22.0 |  |" in table and "**yes**" not in table
 
+    def finished(chosen_epochs):
+        (run / "stages.json").write_text(json.dumps({"stages": {
+            "filter": {"seconds": 1.0, "finished": "now"},
+            "tune": {"seconds": 9.0, "finished": "now", "grid": tune["learning_rate"], "epochs_grid": tune["epochs"],
+                     "questions": 2000, "split": "train-holdout", "limit": 300, "chosen": {"label_only": 5e-5},
+                     "chosen_epochs": {"label_only": chosen_epochs}, "scores": scores}}}))
+        return write_report(run).read_text().split("## Learning rate, tuned per arm")[1]
+
+    # the record without epochs is the base (2-epoch) candidate: chosen when 2 epochs won
+    table = finished(2)
+    assert "| label_only | 5e-05 |  | 31.0 | 300 | 22.0 | **yes** |" in table
+    assert "| label_only | 5e-05 | 6 | 35.0 | 300 | 25.0 |  |" in table and "In progress" not in table
     scores["label_only_2k lr5e-05"]["epochs"] = 2
-    (run / "stages.json").write_text(json.dumps({"stages": {
-        "filter": {"seconds": 1.0, "finished": "now"},
-        "tune": {"seconds": 9.0, "finished": "now", "grid": tune["learning_rate"], "epochs_grid": tune["epochs"],
-                 "questions": 2000, "split": "train-holdout", "limit": 300, "chosen": {"label_only": 5e-5},
-                 "chosen_epochs": {"label_only": 6}, "scores": scores}}}))
-    table = write_report(run).read_text().split("## Learning rate, tuned per arm")[1]
+    table = finished(6)
     assert "| label_only | 5e-05 | 2 | 31.0 | 300 | 22.0 |  |" in table
-    assert "| label_only | 5e-05 | 6 | 35.0 | 300 | 25.0 | **yes** |" in table and "In progress" not in table
+    assert "| label_only | 5e-05 | 6 | 35.0 | 300 | 25.0 | **yes** |" in table
