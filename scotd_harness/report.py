@@ -417,8 +417,8 @@ def _students_table(rows: list[dict]) -> str:
     def num(x, fmt):
         return "" if x is None else format(x, fmt)
 
-    out = ["## Students\n", "| student | target | questions | examples | learning rate | epochs | steps | train loss | "
-           "best dev loss | wall s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = ["## Students\n", ("| student | target | questions | examples | learning rate | epochs | steps | train loss | "
+                             "best dev loss | wall s |"), "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     out += [f"| {r['student']} | {r['target'] or ''} | {num(r['questions'], 'd')} | {num(r['examples'], 'd')} | "
             f"{num(r['learning_rate'], 'g')} | {num(r['epochs'], 'g')} | {num(r['steps'], 'd')} | "
             f"{num(r['train_loss'], '.4f')} | {num(r['best_dev_loss'], '.4f')} | {num(r['wall_s'], '.0f')} |"

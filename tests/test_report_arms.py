@@ -295,7 +295,7 @@ def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
         "n4-random-k": (4, ["correct", "random-k:k=2"], set(range(14)), [(0, "a b"), (0, "x y")]),
     }
     dirs = [_sweep_run(tmp_path, name, *spec) for name, spec in runs.items()]
-    res = CliRunner().invoke(cli, ["report", str(dirs[0]), *sum((["--sweep", str(d)] for d in dirs[1:]), [])])
+    res = CliRunner().invoke(cli, ["report", str(dirs[0]), *[arg for d in dirs[1:] for arg in ("--sweep", str(d))]])
     assert res.exit_code == 0, res.output
     report = (dirs[0] / "report.md").read_text()
     sweep = json.loads((dirs[0] / "report.json").read_text())["sweep"]
