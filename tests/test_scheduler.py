@@ -50,8 +50,9 @@ def test_joining_a_running_batch_gives_the_tokens_of_a_run_alone(student, csqa_r
         assert [g.token_ids for g in results] == alone
         # the second request started decoding before the first finished: it did not wait for the batch to drain
         assert tickets[1].first_token_s + tickets[1].submitted < tickets[0].finished
-        # the fourth waited in the queue until a row was free
-        assert tickets[3].queue_s > 0.2
+        # the fourth waited in the queue until a row was free: admitted only once one of the first three finished
+        # (an order of events, not a duration: the machine's speed decides how long that wait is)
+        assert tickets[3].admitted >= min(t.finished for t in tickets[:3])
         assert scheduler.stats()["running"] == 0 and scheduler.stats()["queued"] == 0
 
 
