@@ -20,7 +20,7 @@ from . import atomic
 from .errors import ScotdError
 from .eval_samples import read_outcomes
 from .jsonl import iter_jsonl, read_json
-from .stats import check_run, mcnemar, wilson_interval
+from .stats import COLLAPSE_SHARE, check_run, diverged, mcnemar, wilson_interval
 
 #: report row order and labels; other arms the evaluate stage writes (eval/<name>/, e.g. a 2k-question run) follow
 #: in name order, labelled by their folder name
@@ -447,11 +447,13 @@ def _tune_table(tune: dict) -> str:
                    for arm, grid in epochs_grid.items())
     out = [f"## Learning rate, tuned per arm\n\nEach arm trained on {size} questions once per rate of the grid "
            f"{', '.join(format(r, 'g') for r in tune['grid'])}, scored on {tune.get('limit') or 'all'} "
-           f"`{tune['split']}` questions (never the evaluation split).{also} The best candidate per arm (a collapsed "
-           f"one, one answer to more than half of the questions, only when all are) trained it at every size."
+           f"`{tune['split']}` questions (never the evaluation split).{also} The best candidate per arm (a failed "
+           f"one, with one answer to more than half of the questions or a diverged dev loss, only when all are) "
+           f"trained it at every size."
            + (" **In progress**: the candidates scored so far.\n" if tune.get("in_progress") else "\n"),
-           "| arm | learning rate | epochs | held-out accuracy % | n | top answer % | chosen |",
-           "|---|---:|---:|---:|---:|---:|---|"]
+           ("| arm | learning rate | epochs | held-out accuracy % | n | top answer % | dev loss first → last | failed "
+            "| chosen |"),
+           "|---|---:|---:|---:|---:|---:|---|---|---|"]
     chosen_epochs = tune.get("chosen_epochs") or {}
     records = list(tune["scores"].values())
     for rec in sorted(records, key=lambda r: (r["arm"], r["learning_rate"], r.get("epochs") or 0)):
@@ -462,8 +464,13 @@ def _tune_table(tune: dict) -> str:
             chosen = (rec.get("epochs") == chosen_epochs[arm]
                       or (rec.get("epochs") is None and chosen_epochs[arm] not in same_rate))
         epochs = format(rec["epochs"], "g") if rec.get("epochs") is not None else ""
+        losses = [x for x in rec.get("dev_losses") or () if x is not None]
+        loss_span = f"{losses[0]:.3f} → {losses[-1]:.3f}" if losses else ""
+        share = rec.get("most_common_share")
+        failed = ["collapsed"] if share is not None and share > COLLAPSE_SHARE else []
+        failed += ["diverged"] if diverged(losses) else []
         out.append(f"| {arm} | {rec['learning_rate']:g} | {epochs} | {_pct(rec['accuracy'])} | {rec.get('n') or ''} | "
-                   f"{_pct(rec.get('most_common_share'))} | {'**yes**' if chosen else ''} |")
+                   f"{_pct(share)} | {loss_span} | {', '.join(failed)} | {'**yes**' if chosen else ''} |")
     return "\n".join(out) + "\n"
 
 

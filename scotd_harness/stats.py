@@ -123,9 +123,19 @@ def check_run(predictions: Iterable[str], eval_losses: Sequence[float] | None = 
     check = RunCheck(questions=total, most_common=top, most_common_share=share)
     if total and share > collapse_share:
         check.flags.append(f"collapsed: answers {top} on {share:.0%} of {total} questions")
-    losses = [float(x) for x in eval_losses or () if x is not None and math.isfinite(float(x))]
-    if eval_losses and len(losses) < len([x for x in eval_losses if x is not None]):
-        check.flags.append("diverged: a dev loss is not finite")
-    elif losses and losses[-1] > divergence_factor * min(losses):
-        check.flags.append(f"diverged: last dev loss {losses[-1]:.3g} > {divergence_factor}x the best {min(losses):.3g}")
+    divergence = diverged(eval_losses, divergence_factor)
+    if divergence:
+        check.flags.append(divergence)
     return check
+
+
+def diverged(eval_losses: Sequence[float] | None, divergence_factor: float = DIVERGENCE_FACTOR) -> str | None:
+    """The flag of a diverged run (a dev loss that is not finite, or the last, in training order, above
+    `divergence_factor` times the best), or None: one rule for the report and for choosing a tuning candidate."""
+    given = [float(x) for x in eval_losses or () if x is not None]
+    losses = [x for x in given if math.isfinite(x)]
+    if len(losses) < len(given):
+        return "diverged: a dev loss is not finite"
+    if losses and losses[-1] > divergence_factor * min(losses):
+        return f"diverged: last dev loss {losses[-1]:.3g} > {divergence_factor}x the best {min(losses):.3g}"
+    return None

@@ -154,13 +154,15 @@ def stage_tune(run: Run, say) -> dict:
 
 def choose_candidate(candidates: list[dict]) -> dict:
     """The candidate with the best held-out accuracy, the smaller rate and then the fewer epochs on a tie; a
-    collapsed one (one answer to more than half of the questions: stats.check_run's rule) only when every
-    candidate collapsed, since its accuracy is the share of that letter among the gold answers, not learning."""
-    from .stats import COLLAPSE_SHARE
+    failed one (stats.check_run's rules: one answer to more than half of the questions, or a diverged dev loss)
+    only when every candidate failed, since a collapsed student's accuracy is the share of its letter among the
+    gold answers, not learning, and the report would flag the chosen one as failed."""
+    from .stats import COLLAPSE_SHARE, diverged
 
     def key(c: dict):
         collapsed = c["most_common_share"] is not None and c["most_common_share"] > COLLAPSE_SHARE
-        return (not collapsed, c["accuracy"], -c["learning_rate"], -(c.get("epochs") or 0))
+        failed = collapsed or diverged(c.get("dev_losses")) is not None
+        return (not failed, c["accuracy"], -c["learning_rate"], -(c.get("epochs") or 0))
 
     return max(candidates, key=key)
 

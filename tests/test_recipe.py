@@ -209,11 +209,12 @@ def test_a_tuned_epochs_count_scales_to_every_size():
     assert tuned_epochs(steps, by_name["label_only"], 6) is None  # trained in steps: nothing to scale
 
 
-def test_the_candidate_chosen_is_the_best_held_out_score_and_never_a_collapsed_one():
+def test_the_candidate_chosen_is_the_best_held_out_score_and_never_a_failed_one():
     from scotd_harness.pipeline import choose_candidate
 
-    def cand(rate, acc, share, epochs=2):
-        return {"learning_rate": rate, "accuracy": acc, "most_common_share": share, "epochs": epochs}
+    def cand(rate, acc, share, epochs=2, dev_losses=None):
+        return {"learning_rate": rate, "accuracy": acc, "most_common_share": share, "epochs": epochs,
+                "dev_losses": dev_losses}
 
     def rate(cands):
         return choose_candidate(cands)["learning_rate"]
@@ -227,6 +228,13 @@ def test_the_candidate_chosen_is_the_best_held_out_score_and_never_a_collapsed_o
     assert choose_candidate([cand(1e-4, 0.30, 0.3), cand(1e-4, 0.34, 0.3, epochs=6)])["epochs"] == 6
     assert choose_candidate([cand(1e-4, 0.30, 0.3, epochs=6), cand(1e-4, 0.30, 0.3)])["epochs"] == 2
     assert choose_candidate([cand(1e-4, 0.30, 0.3), cand(1e-4, 0.34, 0.7, epochs=6)])["epochs"] == 2
+    # a diverged dev loss (the report's rule: last > 1.5x best) fails a candidate as a collapse does
+    overfit = [0.18, 0.19, 0.28]
+    assert choose_candidate([cand(1e-4, 0.30, 0.3), cand(1e-4, 0.34, 0.3, epochs=6, dev_losses=overfit)])["epochs"] == 2
+    assert choose_candidate([cand(1e-4, 0.30, 0.3), cand(1e-4, 0.34, 0.3, epochs=6, dev_losses=overfit[:2])])["epochs"] == 6
+    # every one failed: the best score among them (a collapse and a divergence count alike)
+    assert choose_candidate([cand(1e-4, 0.15, 0.99), cand(1e-4, 0.18, 0.4, epochs=6, dev_losses=overfit)])["epochs"] == 6
+    assert rate([cand(5e-5, 0.30, 0.3, dev_losses=[1.0, float("nan")]), cand(2e-4, 0.25, 0.3)]) == 2e-4
 
 
 def test_preset_corpus_on_the_real_files(tmp_path, data_dir):
