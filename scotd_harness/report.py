@@ -586,7 +586,8 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
 
     atomic.write_json(out / "report.json", {
         "run": out.name, "config": cfg, "stages": run["stages"], "confidence": CONFIDENCE,
-        "interval": "wilson", "paired_test": "mcnemar-exact", "arms": rows, "sweep": swept})
+        "interval": "wilson", "paired_test": "mcnemar-exact", "arms": rows, "sweep": swept,
+        "tune": tune})  # (while the stage runs too: every candidate scored so far, so a lost run keeps its record)
     path = out / "report.md"
     atomic.write_text(path, "\n".join(parts))
     return path

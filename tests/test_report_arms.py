@@ -338,6 +338,8 @@ def test_report_shows_the_tuning_candidates_scored_so_far(tmp_path):
     assert "| label_only | 5e-05 |  | 31.0 | 300 | 22.0 |  |  |  |" in table and "**yes**" not in table
     # the flags of choose_candidate's rule, with the dev loss that raised one
     assert "| label_only | 0.0001 |  | 16.0 | 300 | 99.0 | 0.190 → 0.280 | collapsed, diverged |  |" in table
+    # report.json keeps every candidate's record while the stage runs (what a committed report must carry)
+    assert json.loads((run / "report.json").read_text())["tune"]["scores"] == scores
 
     def finished(chosen_epochs):
         (run / "stages.json").write_text(json.dumps({"stages": {
