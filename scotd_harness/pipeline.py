@@ -413,6 +413,17 @@ def stages_of(cfg: PipelineConfig) -> tuple[str, ...]:
     return tuple(stage for stage in STAGES if stage != "tune" or cfg.tune is not None)
 
 
+def config_differences(old: dict, current: dict) -> list[str]:
+    """The settings in which a saved config (a run directory's, or a records archive's) differs from `current`.
+    A setting the saved config lacks (added in a later version) counts as the same when it has its default."""
+    try:  # a nested setting added later (tune.epochs) gets its default too
+        old = PipelineConfig.model_validate(old).model_dump()
+    except ValidationError:
+        pass
+    defaults = PipelineConfig.model_construct().model_dump()
+    return sorted(k for k in set(old) | set(current) if old.get(k, defaults.get(k)) != current.get(k))
+
+
 class Run:
     """A run directory: its config, its stage records and the paths every stage reads and writes."""
 
@@ -448,20 +459,12 @@ class Run:
         atomic.write_json(self.state_path, {"stages": {k: v for k, v in self.state().items() if k not in later}}, default=str)
 
     def open(self) -> None:
-        """Create the directory or check that it belongs to the same config. A setting the saved config lacks
-        (added in a later version) counts as the same when it has its default value."""
+        """Create the directory or check that it belongs to the same config (see `config_differences`)."""
         self.root.mkdir(parents=True, exist_ok=True)
         saved = self.root / "config.json"
         current = self.cfg.model_dump()
         if saved.is_file():
-            old = json.loads(saved.read_text(encoding="utf-8"))
-            try:  # a nested setting added later (tune.epochs) gets its default too
-                old = PipelineConfig.model_validate(old).model_dump()
-            except ValidationError:
-                pass
-            defaults = PipelineConfig.model_construct().model_dump()
-            diff = sorted(k for k in set(old) | set(current)
-                          if old.get(k, defaults.get(k)) != current.get(k))
+            diff = config_differences(json.loads(saved.read_text(encoding="utf-8")), current)
             if diff:
                 raise ScotdError(
                     f"{self.root} holds a run with other settings ({', '.join(diff)} differ); "
@@ -472,9 +475,13 @@ class Run:
 
 
 def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, from_stage: str | None = None,
-                 until: str | None = None, say=print, after_stage=None) -> Run:
+                 until: str | None = None, say=print, after_stage=None, restore: str | os.PathLike | None = None) -> Run:
     """Run every stage not yet recorded as done (from `from_stage` on, if given) up to `until`; `after_stage(run)`
-    is called after each stage that ran (the CLI rewrites the report, so a long run shows its figures so far)."""
+    is called after each stage that ran (the CLI rewrites the report, so a long run shows its figures so far).
+    `restore`: a records archive of a run of this config (run_records), put in first. After each stage the run's
+    own records are packed (records.tar.gz), so the next sitting can go on from them on another machine."""
+    from . import run_records
+
     stages = stages_of(cfg)
     for name in (from_stage, until):
         if name is not None and name not in stages:
@@ -483,6 +490,9 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, from_stage: str | 
         raise ScotdError(f"--until {until} comes before --from {from_stage}: nothing would run")
     run = Run(out, cfg)
     run.open()
+    if restore is not None:
+        put = run_records.restore(restore, run.root, cfg.model_dump(), config_differences)
+        say(f"restored {len(put)} records from {restore} (files already in {run.root} kept)")
     if from_stage:
         run.forget(from_stage)
         _remove_outputs_from(run, from_stage, say)
@@ -496,6 +506,7 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, from_stage: str | 
         started = time.monotonic()
         summary = STAGE_FUNCTIONS[stage](run, say) or {}
         run.record(stage, summary, time.monotonic() - started)
+        run_records.pack(run.root)
         say(f"[{i + 1}/{len(stages)}] {stage}: finished in {time.monotonic() - started:.0f} s")
         if after_stage is not None:
             after_stage(run)

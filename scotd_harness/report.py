@@ -452,8 +452,8 @@ def _tune_table(tune: dict) -> str:
            f"trained it at every size."
            + (" **In progress**: the candidates scored so far.\n" if tune.get("in_progress") else "\n"),
            ("| arm | learning rate | epochs | held-out accuracy % | n | top answer % | dev loss first → last | failed "
-            "| chosen |"),
-           "|---|---:|---:|---:|---:|---:|---|---|---|"]
+            "| minutes | chosen |"),
+           "|---|---:|---:|---:|---:|---:|---|---|---:|---|"]
     chosen_epochs = tune.get("chosen_epochs") or {}
     records = list(tune["scores"].values())
     for rec in sorted(records, key=lambda r: (r["arm"], r["learning_rate"], r.get("epochs") or 0)):
@@ -467,10 +467,11 @@ def _tune_table(tune: dict) -> str:
         losses = [x for x in rec.get("dev_losses") or () if x is not None]
         loss_span = f"{losses[0]:.3f} → {losses[-1]:.3f}" if losses else ""
         share = rec.get("most_common_share")
+        minutes = f"{rec['seconds'] / 60:.0f}" if rec.get("seconds") is not None else ""
         failed = ["collapsed"] if share is not None and share > COLLAPSE_SHARE else []
         failed += ["diverged"] if diverged(losses) else []
         out.append(f"| {arm} | {rec['learning_rate']:g} | {epochs} | {_pct(rec['accuracy'])} | {rec.get('n') or ''} | "
-                   f"{_pct(share)} | {loss_span} | {', '.join(failed)} | {'**yes**' if chosen else ''} |")
+                   f"{_pct(share)} | {loss_span} | {', '.join(failed)} | {minutes} | {'**yes**' if chosen else ''} |")
     return "\n".join(out) + "\n"
 
 

@@ -1,9 +1,11 @@
 """The pipeline stages that make and score students: tune, train, evaluate, export.
 
 Which students a run has (arms x sizes) is scotd_harness.arms; the run directory and the stage runner are
-scotd_harness.pipeline. Each stage here resumes inside itself: a student whose scotd.json exists is kept, a
-training resumes from its newest checkpoint, a tuning candidate recorded in tune/scores.json is not redone, and a
-model whose results are in place (same tasks, split, limit) is not scored again.
+scotd_harness.pipeline. Each stage here resumes inside itself: a trained student (weights and scotd.json) is kept,
+a training resumes from its newest checkpoint, a tuning candidate recorded in tune/scores.json is not redone, and a
+model whose results are in place (same tasks, split, limit) is not scored again. The same records, restored into a
+new run directory (run_records), let a study go on where its weights are gone: a student whose every evaluation is
+recorded is trained again only when the export or self-consistency needs it.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import typing
 from pathlib import Path
 
-from . import atomic
+from . import atomic, run_records
 
 if typing.TYPE_CHECKING:
     from .pipeline import PipelineConfig, Run
@@ -23,7 +26,8 @@ if typing.TYPE_CHECKING:
 def _train_one(run: Run, out: Path, student, learning_rate: float | None, say, epochs: float | None = None) -> Path:
     """Train one student into `out`, resuming from its newest Trainer checkpoint when a killed run left one.
 
-    A student whose scotd.json exists finished training (it is written last) and is kept. Once a student is saved
+    A student whose weights and scotd.json exist finished training (scotd.json is written last) and is kept; a
+    scotd.json alone is a restored record of a training whose weights are elsewhere, so it trains again. Once a student is saved
     its checkpoints (optimizer state included: about 12 bytes a parameter) are deleted: they only serve resumption.
     A stale checkpoint cannot leak in: the run directory is tied to one config and `--from` at or before `train`
     removes the students first."""
@@ -32,8 +36,8 @@ def _train_one(run: Run, out: Path, student, learning_rate: float | None, say, e
     from .arms import corpus_path
     from .train import SCOTD_JSON, DistillConfig, train
 
-    if (out / SCOTD_JSON).is_file():
-        say(f"  {out.relative_to(run.root)}: trained already (its {SCOTD_JSON} exists), kept")
+    if is_trained(out):
+        say(f"  {out.relative_to(run.root)}: trained already (its weights and {SCOTD_JSON} exist), kept")
         return out
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
     if last:
@@ -49,7 +53,14 @@ def _train_one(run: Run, out: Path, student, learning_rate: float | None, say, e
     train(cfg, callbacks=[_no_final_checkpoint()])
     for checkpoint in out.glob("checkpoint-*"):
         shutil.rmtree(checkpoint)
+    run_records.pack(run.root)
     return out
+
+
+def is_trained(student_dir: Path) -> bool:
+    from .train import SCOTD_JSON
+
+    return (student_dir / SCOTD_JSON).is_file() and any(student_dir.glob("*.safetensors"))
 
 
 def _no_final_checkpoint():
@@ -123,14 +134,18 @@ def stage_tune(run: Run, say) -> dict:
         if key not in scores:
             out = run.tune_dir / student.name / _candidate(rate, epochs)
             say(f"  tune {student.name} at learning rate {rate:g}" + (f", {epochs:g} epochs" if epochs else ""))
+            started = time.monotonic()
             _train_one(run, out, student, rate, say, epochs=epochs)
             result = _score(run, student.name, str(out), [student.task(cfg.task)],
                             run.tune_dir / "eval" / key.replace(" ", "_"), split=tune.split, limit=tune.limit, say=say)
             scores[key] = {"arm": student.arm, "learning_rate": rate, "accuracy": result["accuracy"], "n": result["n"],
-                           "most_common_share": result["most_common_share"], "dev_losses": _dev_losses(out)}
+                           "most_common_share": result["most_common_share"], "dev_losses": _dev_losses(out),
+                           # training and scoring in this sitting (a candidate resumed from a checkpoint: its rest)
+                           "seconds": round(time.monotonic() - started, 1)}
         if "epochs" not in scores[key]:  # (also a candidate scored before candidates recorded their epochs)
             scores[key]["epochs"] = epochs if epochs is not None else epochs_of(cfg, student)
         atomic.write_json(scores_path, scores)
+        run_records.pack(run.root)
         return {**scores[key], "folder": _candidate(rate, epochs)}
 
     chosen, chosen_epochs = {}, {}
@@ -186,32 +201,52 @@ def _dev_losses(student_dir: Path) -> list | None:
 
 
 def stage_train(run: Run, say) -> dict:
-    """Every student of the run; a student of the tuning size is the tuned candidate itself, moved into place.
-    The other sizes train at the arm's chosen rate, for their own epochs times chosen / tuning-size epochs."""
+    """Every student of the run that is still to be scored (`make_student`). A student whose every evaluation is
+    recorded already (restored records of a run whose weights are gone) is not trained here: the export stage
+    trains the best one again if it has to."""
+    from .arms import students
+
+    summary = {}
+    pending = {name for _, name, out, tasks, split, limit in evaluation_jobs(run)
+               if not _recorded(out, tasks, split, limit)}
+    for student in students(run.cfg):
+        out = run.students / student.name
+        if student.name not in pending and not is_trained(out):
+            say(f"  {student.name}: every evaluation recorded already; not trained (weights only if a later stage needs them)")
+            summary[student.name] = None
+            continue
+        summary[student.name] = str(make_student(run, student.name, say).relative_to(run.root))
+    return summary
+
+
+def make_student(run: Run, name: str, say) -> Path:
+    """Student `name` in students/, trained unless it is there: at the tuning size it is the tuned candidate
+    itself, moved into place; the other sizes train at the arm's chosen rate, for their own epochs times chosen /
+    tuning-size epochs."""
     from .arms import students
 
     cfg = run.cfg
+    student = next(s for s in students(cfg) if s.name == name)
     tuned_state = run.state().get("tune", {}) if cfg.tune else {}
     chosen, chosen_epochs = tuned_state.get("chosen", {}), tuned_state.get("chosen_epochs", {})
-    summary = {}
-    for student in students(cfg):
-        out = run.students / student.name
-        rate = chosen.get(student.arm)
-        epochs = tuned_epochs(cfg, student, chosen_epochs.get(student.arm)) if rate is not None else None
-        tuned = None
-        if rate is not None and student.questions == _tune_size(cfg):
-            tuned = run.tune_dir / student.name / _candidate(rate, epochs)
-        # (after `--from train` the tuned one is gone: moved into the students/ that was removed; then it retrains)
-        if tuned is not None and tuned.is_dir() and not out.exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tuned, out)
-            say(f"  {student.name}: the tuned student (learning rate {rate:g}"
-                + (f", {epochs:g} epochs)" if epochs else ")"))
-        else:
-            _train_one(run, out, student, rate, say, epochs=epochs)
-        summary[student.name] = str(out.relative_to(run.root))
-        say(f"  {student.name}: {out}")
-    return summary
+    out = run.students / student.name
+    rate = chosen.get(student.arm)
+    epochs = tuned_epochs(cfg, student, chosen_epochs.get(student.arm)) if rate is not None else None
+    tuned = None
+    if rate is not None and student.questions == _tune_size(cfg):
+        tuned = run.tune_dir / student.name / _candidate(rate, epochs)
+    # (after `--from train` the tuned one is gone: moved into the students/ that was removed; then it retrains)
+    if tuned is not None and is_trained(tuned) and not is_trained(out):
+        if out.exists():  # a restored record of this student's training, superseded by the student itself
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tuned, out)
+        say(f"  {student.name}: the tuned student (learning rate {rate:g}"
+            + (f", {epochs:g} epochs)" if epochs else ")"))
+    else:
+        _train_one(run, out, student, rate, say, epochs=epochs)
+    say(f"  {student.name}: {out}")
+    return out
 
 
 #: teacher backend -> the lm-eval model type that evaluates it (an `openai:` endpoint is not evaluated)
@@ -262,6 +297,15 @@ def _eval_model(run: Run, name: str, model: str, say) -> tuple[str, str]:
     return str(target), "scotd-onnx"
 
 
+def _recorded(out: Path, tasks: list[str], split: str | None = None, limit: int | None = None,
+              sc_samples: int | None = None) -> bool:
+    """Whether `out` holds the results of scoring these tasks on this split and limit."""
+    results_file = out / "results.json"
+    previous = json.loads(results_file.read_text(encoding="utf-8")).get("scotd", {}) if results_file.is_file() else {}
+    wanted = {"tasks": tasks, "limit": limit, "split": split or "validation", "sc_samples": sc_samples}
+    return all(previous.get(k) == v for k, v in wanted.items())
+
+
 def _score(run: Run, name: str, model: str, tasks: list[str], out: Path, split: str | None = None,
            limit: int | None = None, sc_samples: int | None = None, model_type: str | None = None, say=print) -> dict:
     """Evaluate one model on `tasks` into `out` (skipped when `out` holds results of the same tasks, limit and
@@ -271,15 +315,14 @@ def _score(run: Run, name: str, model: str, tasks: list[str], out: Path, split: 
     from .stats import check_run
 
     results_file = out / "results.json"
-    previous = json.loads(results_file.read_text(encoding="utf-8")).get("scotd", {}) if results_file.is_file() else {}
-    wanted = {"tasks": tasks, "limit": limit, "split": split or "validation", "sc_samples": sc_samples}
-    if any(previous.get(k) != v for k, v in wanted.items()):
+    if not _recorded(out, tasks, split, limit, sc_samples):
         if model_type is None:
             model, model_type = _eval_model(run, name, model, say)
         output = evaluate(model, tasks, model_type=model_type, limit=limit, batch_size=run.cfg.eval_batch_size,
                           output_dir=out, split=split, data_dir=run.cfg.data_dir, seed=run.cfg.seed, log_samples=True,
                           max_gen_toks=run.cfg.eval_max_new_tokens, sc_samples=sc_samples)
         say(f"  {name}:\n" + "\n".join("    " + line for line in output.table.splitlines()))
+        run_records.pack(run.root)
     else:
         say(f"  {name}: evaluated already ({out.relative_to(run.root)})")
     results = json.loads(results_file.read_text(encoding="utf-8"))
@@ -312,22 +355,35 @@ def best_student(run: Run) -> str:
     return best
 
 
+def evaluation_jobs(run: Run) -> list[tuple]:
+    """(key, name, out, tasks, split, limit): each greedy scoring of the evaluate stage, in order. A model's
+    scores on the run's own split go in eval/<name>/, another split of a transfer task in a folder of its own."""
+    cfg = run.cfg
+    jobs = []
+    for name, (_, by_split, _) in evaluated_models(run).items():
+        for split, tasks in by_split.items():
+            out = run.eval_dir / name / (f"{split}-split" if split else "")
+            jobs.append((name + (f" {split}" if split else ""), name, out, tasks, split or cfg.eval_split,
+                         cfg.eval_limit))
+    return jobs
+
+
 def stage_evaluate(run: Run, say) -> dict:
     cfg = run.cfg
     summary = {}
-    for name, (model, by_split, model_type) in evaluated_models(run).items():
-        fixed_type = model_type if name == "teacher" else None
-        for split, tasks in by_split.items():
-            # the run's own split in eval/<name>/; another split of a transfer task in a folder of its own
-            out = run.eval_dir / name / (f"{split}-split" if split else "")
-            key = name + (f" {split}" if split else "")
-            summary[key] = _score(run, name, model, tasks, out, split=split or cfg.eval_split,
-                                  limit=cfg.eval_limit, model_type=fixed_type, say=say)
-            summary[key]["tasks"] = tasks
+    models = evaluated_models(run)
+    for key, name, out, tasks, split, limit in evaluation_jobs(run):
+        model, _, model_type = models[name]
+        summary[key] = _score(run, name, model, tasks, out, split=split, limit=limit,
+                              model_type=model_type if name == "teacher" else None, say=say)
+        summary[key]["tasks"] = tasks
     if cfg.self_consistency:
         best = best_student(run)
         task = f"scotd_{cfg.task}_sc"
-        summary[f"{best} sc"] = _score(run, best, str(run.students / best), [task], run.eval_dir / best / "sc",
+        out = run.eval_dir / best / "sc"
+        if not _recorded(out, [task], cfg.eval_split, cfg.eval_limit, cfg.sc_samples):
+            make_student(run, best, say)
+        summary[f"{best} sc"] = _score(run, best, str(run.students / best), [task], out,
                                        split=cfg.eval_split, limit=cfg.eval_limit, sc_samples=cfg.sc_samples, say=say)
         summary[f"{best} sc"]["tasks"] = [task]
     return summary
@@ -341,7 +397,7 @@ def stage_export(run: Run, say) -> dict:
 
     cfg = run.cfg
     best = best_student(run)
-    student = run.students / best
+    student = make_student(run, best, say)  # (restored records without its weights: it trains again)
     fp32_dir = run.onnx_fp32
     if cfg.eval_backend == "onnx" and (student / "onnx-fp32" / "scotd.json").is_file():
         fp32_dir = student / "onnx-fp32"

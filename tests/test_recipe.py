@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -328,6 +329,8 @@ def test_arms_tuned_evaluated_exported_and_resumed(tmp_path, fixtures_dir, embed
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     scores = json.loads((run / "tune" / "scores.json").read_text())
     assert list(scores) == ["label_only_12 lr5e-05"]  # (a rate's name keeps its "-")
+    with tarfile.open(run / "records.tar.gz") as tar:  # packed as the candidate was scored, inside the stage
+        assert json.load(tar.extractfile("tune/scores.json")) == scores
 
     rest = _run(args, env)
     assert rest.returncode == 0, rest.stderr[-3000:]
@@ -379,6 +382,22 @@ def test_arms_tuned_evaluated_exported_and_resumed(tmp_path, fixtures_dir, embed
 
     again = _run(args, env)
     assert again.returncode == 0 and again.stderr.count("done already, skipped") == 7
+
+    # the run directory gone (scratch disk, another machine): its records go on in a new one. No candidate is
+    # tuned and no model scored again; the one student trained is the exported one, whose weights the export needs
+    moved = tmp_path / "moved"
+    restored = _run([*args[:-1], str(moved), "--restore", str(run / "records.tar.gz")], env)
+    assert restored.returncode == 0, restored.stderr[-3000:]
+    assert "at learning rate" not in restored.stderr  # (no candidate trained)
+    assert restored.stderr.count("evaluated already") == 7 * 2 + 1 and "exporting to fp32" not in restored.stderr
+    assert {p.parent.name for p in (moved / "students").glob("*/*.safetensors")} == {best}
+    assert json.loads((moved / "stages.json").read_text())["stages"]["export"]["student"] == best
+    assert json.loads((moved / "onnx" / "scotd.json").read_text())["quantization"]["bits"] == 4
+
+    def table(root: Path) -> set:
+        return {(r["model"], r["task"], r["filter"], r["acc"], r["n"]) for r in json.loads((root / "report.json").read_text())["arms"]}
+
+    assert table(moved) == table(run)
 
     # an evaluate stage killed after its models were scored resumes without scoring any again
     from scotd_harness.pipeline import Run

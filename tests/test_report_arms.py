@@ -327,7 +327,8 @@ def test_report_shows_the_tuning_candidates_scored_so_far(tmp_path):
     scores = {"label_only_2k lr5e-05": {"arm": "label_only", "learning_rate": 5e-5, "accuracy": 0.31, "n": 300,
                                         "most_common_share": 0.22},  # recorded before candidates had epochs
               "label_only_2k lr5e-05 ep6": {"arm": "label_only", "learning_rate": 5e-5, "epochs": 6, "accuracy": 0.35,
-                                            "n": 300, "most_common_share": 0.25, "dev_losses": [0.2, 0.18, 0.19]},
+                                            "n": 300, "most_common_share": 0.25, "dev_losses": [0.2, 0.18, 0.19],
+                                            "seconds": 3060.0},
               "label_only_2k lr0.0001": {"arm": "label_only", "learning_rate": 1e-4, "accuracy": 0.16, "n": 300,
                                          "most_common_share": 0.99, "dev_losses": [0.19, 0.17, 0.28]}}
     (run / "tune" / "scores.json").write_text(json.dumps(scores))
@@ -335,9 +336,9 @@ def test_report_shows_the_tuning_candidates_scored_so_far(tmp_path):
     table = report.split("## Learning rate, tuned per arm")[1]
     assert "trained on 2000 questions" in table and "**In progress**" in table
     assert "label_only was then tuned over 2, 6 epochs at its best rate" in table
-    assert "| label_only | 5e-05 |  | 31.0 | 300 | 22.0 |  |  |  |" in table and "**yes**" not in table
+    assert "| label_only | 5e-05 |  | 31.0 | 300 | 22.0 |  |  |  |  |" in table and "**yes**" not in table
     # the flags of choose_candidate's rule, with the dev loss that raised one
-    assert "| label_only | 0.0001 |  | 16.0 | 300 | 99.0 | 0.190 → 0.280 | collapsed, diverged |  |" in table
+    assert "| label_only | 0.0001 |  | 16.0 | 300 | 99.0 | 0.190 → 0.280 | collapsed, diverged |  |  |" in table
     # report.json keeps every candidate's record while the stage runs (what a committed report must carry)
     assert json.loads((run / "report.json").read_text())["tune"]["scores"] == scores
 
@@ -351,9 +352,10 @@ def test_report_shows_the_tuning_candidates_scored_so_far(tmp_path):
 
     # the record without epochs is the base (2-epoch) candidate: chosen when 2 epochs won
     table = finished(2)
-    assert "| label_only | 5e-05 |  | 31.0 | 300 | 22.0 |  |  | **yes** |" in table
-    assert "| label_only | 5e-05 | 6 | 35.0 | 300 | 25.0 | 0.200 → 0.190 |  |  |" in table and "In progress" not in table
+    assert "| label_only | 5e-05 |  | 31.0 | 300 | 22.0 |  |  |  | **yes** |" in table
+    # the minutes a candidate took (training and scoring), where it recorded them
+    assert "| label_only | 5e-05 | 6 | 35.0 | 300 | 25.0 | 0.200 → 0.190 |  | 51 |  |" in table and "In progress" not in table
     scores["label_only_2k lr5e-05"]["epochs"] = 2
     table = finished(6)
-    assert "| label_only | 5e-05 | 2 | 31.0 | 300 | 22.0 |  |  |  |" in table
-    assert "| label_only | 5e-05 | 6 | 35.0 | 300 | 25.0 | 0.200 → 0.190 |  | **yes** |" in table
+    assert "| label_only | 5e-05 | 2 | 31.0 | 300 | 22.0 |  |  |  |  |" in table
+    assert "| label_only | 5e-05 | 6 | 35.0 | 300 | 25.0 | 0.200 → 0.190 |  | 51 | **yes** |" in table

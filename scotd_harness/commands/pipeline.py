@@ -17,7 +17,11 @@ from ..pipeline import STAGES, load_config, run_pipeline
 @click.option("--until", type=click.Choice(STAGES), help="Stop after this stage.")
 @click.option("--report/--no-report", default=True, show_default=True,
               help="Write report.md and plots after every stage (see `scotd report`).")
-def command(config_path, preset, out, from_stage, until, report):
+@click.option("--restore", type=click.Path(exists=True, dir_okay=False),
+              help="A records archive (records.tar.gz of a run of the same config, rewritten after every stage) to "
+                   "go on from in a new --out: scored tuning candidates and models are not redone, and a student "
+                   "whose evaluations are all recorded is retrained only if the export needs it.")
+def command(config_path, preset, out, from_stage, until, report, restore):
     """Sample -> filter -> (tune) -> train -> evaluate -> export -> infer, in one run directory.
 
     \b
@@ -39,6 +43,8 @@ def command(config_path, preset, out, from_stage, until, report):
 
     A finished stage is recorded in stages.json and skipped when the command runs again, so a killed run
     resumes where it stopped; sampling, tuning, training and evaluation also resume inside their stage.
+    Where the run directory is gone (scratch disk, another machine), --restore RUN/records.tar.gz puts what
+    its stages found into a new one, and the run goes on from there.
     """
     if preset is not None:
         if config_path is not None:
@@ -57,7 +63,7 @@ def command(config_path, preset, out, from_stage, until, report):
             say(f"report not updated ({type(e).__name__}: {e}); the run goes on")
 
     run = run_pipeline(cfg, out, from_stage=from_stage, until=until, say=say,
-                       after_stage=after if report else None)
+                       after_stage=after if report else None, restore=restore)
     if report:
         say(f"report: {write_report(run.root)}")
     click.echo(str(run.root))
