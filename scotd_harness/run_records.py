@@ -47,15 +47,20 @@ def record_files(root: Path) -> list[Path]:
 
 
 def pack(root: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Write the run's records into `out` (default: records.tar.gz in the run) atomically; returns the path."""
+    """Write the run's records into `out` (default: records.tar.gz in the run) atomically; returns the path.
+    Paths under the run directory are written relative to it (`./students/scotd`): the records are to be read
+    elsewhere, where the run directory has another name."""
     root = Path(root)
     out = Path(out) if out is not None else root / ARCHIVE
+    prefixes = sorted({str(root.resolve()), str(root.absolute())}, key=len, reverse=True)
     buffer = io.BytesIO()
     # fixed times and ownership: the same records make the same bytes, so a committed archive changes only when a
     # record does
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in record_files(root):
             data = path.read_bytes()
+            for prefix in prefixes:
+                data = data.replace(prefix.encode() + b"/", b"./")
             info = tarfile.TarInfo(path.relative_to(root).as_posix())
             info.size, info.mode, info.mtime = len(data), 0o644, 0
             tar.addfile(info, io.BytesIO(data))

@@ -90,3 +90,14 @@ def test_a_file_that_is_not_an_archive_is_a_clear_error(tmp_path):
     bad.write_text("not a tar")
     with pytest.raises(ScotdError, match="not a readable records archive"):
         run_records.restore(bad, tmp_path / "new", load_config(None).model_dump(), config_differences)
+
+
+def test_paths_inside_the_run_are_packed_relative_to_it(tmp_path):
+    run = _run_dir(tmp_path / "run", load_config(None).model_dump())
+    (run / "eval" / "scotd" / "results.json").write_text(json.dumps(
+        {"config": {"model_args": f"pretrained={run.resolve()}/students/scotd/onnx-fp32"}, "results": {}}))
+    archive = run_records.pack(run)
+    with tarfile.open(archive) as tar:
+        results = json.load(tar.extractfile("eval/scotd/results.json"))
+    assert results["config"]["model_args"] == "pretrained=./students/scotd/onnx-fp32"
+    assert f"{run.resolve()}/students" in (run / "eval" / "scotd" / "results.json").read_text()
