@@ -78,6 +78,8 @@ def teacher_of(args) -> tuple[Path, Path | None]:
     if args.teacher_run:
         run = Path(args.teacher_run)
         student = teacher_student(args)
+        if args.teacher_student:
+            trained_student(run, student)
         meta = json.loads((run / "students" / student / "scotd.json").read_text())
         if not args.teacher_student:
             return run / "onnx", Path(meta["training"]["corpus"])
@@ -92,6 +94,20 @@ def teacher_of(args) -> tuple[Path, Path | None]:
     if not args.teacher:
         raise SystemExit("give --teacher-run RUN, or --teacher EXPORT_DIR (with --exclude CORPUS)")
     return Path(args.teacher), Path(args.exclude) if args.exclude else None
+
+
+def trained_student(run: Path, name: str) -> Path:
+    """The teacher run's student `name`, trained again at its tuned settings where the run holds only its records
+    (a run gone on from another's records with `scotd pipeline --restore`: its weights stayed behind)."""
+    from scotd_harness.pipeline import PipelineConfig, Run
+    from scotd_harness.student_stages import is_trained, make_student
+
+    out = run / "students" / name
+    if not is_trained(out):
+        cfg = PipelineConfig.model_validate(json.loads((run / "config.json").read_text()))
+        log.info("teacher %s: no weights in %s; training it at its tuned settings", name, run)
+        make_student(Run(run, cfg), name, say=lambda msg: log.info("%s", msg))
+    return out
 
 
 def teacher_student(args) -> str:

@@ -9,6 +9,7 @@ not accuracy. The shipped preset itself is checked by loading it (its run takes 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -398,6 +399,17 @@ def test_arms_tuned_evaluated_exported_and_resumed(tmp_path, fixtures_dir, embed
         return {(r["model"], r["task"], r["filter"], r["acc"], r["n"]) for r in json.loads((root / "report.json").read_text())["arms"]}
 
     assert table(moved) == table(run)
+
+    # a job that needs another student of the restored run (bench/chains_curve.py's teacher) trains it at its
+    # arm's tuned rate
+    spec = importlib.util.spec_from_file_location("chains_curve", Path(__file__).parents[1] / "bench" / "chains_curve.py")
+    chains_curve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chains_curve)
+    other = next(name for name in ("scotd_12", "cose_12") if name != best)
+    teacher = chains_curve.trained_student(moved, other)
+    assert list(teacher.glob("*.safetensors"))
+    meta = json.loads((teacher / "scotd.json").read_text())
+    assert meta["training"]["learning_rate"] == tune["chosen"][other.removesuffix("_12")]
 
     # an evaluate stage killed after its models were scored resumes without scoring any again
     from scotd_harness.pipeline import Run
