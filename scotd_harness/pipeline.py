@@ -488,11 +488,12 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, from_stage: str | 
             raise ScotdError(f"unknown stage {name!r}; this run's stages: {', '.join(stages)}")
     if from_stage and until and stages.index(until) < stages.index(from_stage):
         raise ScotdError(f"--until {until} comes before --from {from_stage}: nothing would run")
+    records = run_records.read(restore, cfg.model_dump(), config_differences) if restore is not None else None
     run = Run(out, cfg)
     run.open()
-    if restore is not None:
-        put = run_records.restore(restore, run.root, cfg.model_dump(), config_differences)
-        say(f"restored {len(put)} records from {restore} (files already in {run.root} kept)")
+    if records is not None:
+        put = run_records.put(records, run.root)
+        say(f"restored {len(put)} of {len(records)} records from {restore} (files already in {run.root} kept)")
     if from_stage:
         run.forget(from_stage)
         _remove_outputs_from(run, from_stage, say)

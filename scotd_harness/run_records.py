@@ -1,11 +1,16 @@
 """A run's records: the small files that hold what its long stages found, packed so a run can go on elsewhere.
 
 A study on 2 cores outlasts a sitting, and a run directory on scratch disk may not outlast the machine. What a
-stage found is small (tuning scores, lm-eval results and logged samples, training records); what it made to find
-it is large (weights, exports). `records.tar.gz`, rewritten after every stage, holds the first kind;
-`scotd pipeline --restore FILE` puts them into a new run directory of the same config, and the stages then skip
-what is recorded: a scored tuning candidate is not retrained, a scored model is not rescored, and a student whose
-every evaluation is recorded is trained again only if a later stage needs its weights (the export of the best one).
+stage found is small (tuning scores, training records, lm-eval results and per-question outcomes); what it made to
+find it is large (weights, exports). `records.tar.gz`, rewritten after every stage, tuning candidate, training and
+scored model, holds the first kind; `scotd pipeline --restore FILE` puts them into a new run directory of the same
+config, and the stages then skip what is recorded: a scored tuning candidate is not retrained, a scored model is
+not rescored, and a student is trained again only where a later stage needs its weights (the export of the best
+one, or an evaluation not recorded).
+
+The records are meant to travel (a results folder, another machine), so they carry no copy of the data: a logged
+sample keeps the question's id, the gold label, the choice labels, the model's responses and its scores, not the
+question text or the prompt. Paths inside the run are written relative to it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import gzip
 import io
 import json
 import os
+import re
 import tarfile
 from pathlib import Path, PurePosixPath
 
@@ -23,10 +29,10 @@ from .errors import ScotdError
 
 ARCHIVE = "records.tar.gz"
 
-#: what a run's records are (paths relative to the run directory); never weights, exports or corpora (the corpora
-#: are rebuilt from the data by the sample and filter stages in seconds; a sampled corpus resumes by itself), nor a
-#: tuning candidate's folder (tune/scores.json holds its scores and dev losses; a folder without weights would be
-#: taken for the tuned student)
+#: what a run's records are (paths relative to the run directory); never weights or exports, nor a tuning
+#: candidate's folder (tune/scores.json holds its scores and dev losses; a folder without weights would be taken
+#: for the tuned student). An imported corpus is rebuilt from the data by the sample and filter stages in seconds;
+#: a sampled one is a record (SAMPLED_CORPUS): sampling it again would take hours and give other chains.
 RECORDS = (
     "config.json",
     "tune/scores.json",
@@ -36,32 +42,76 @@ RECORDS = (
     "eval/*/*/results.json",
     "eval/*/*/samples_*.jsonl",
 )
+SAMPLED_CORPUS = ("corpus.jsonl", "corpus.jsonl.meta.json")
+
+#: the fields of a logged lm-eval sample that the report reads (eval_samples, report), besides the metric values
+_SAMPLE_FIELDS = ("doc_id", "target", "resps", "filtered_resps", "filter", "metrics")
+_DOC_FIELDS = ("task", "id", "split", "answer")
 
 
 def _is_record(name: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) and name.count("/") == pattern.count("/") for pattern in RECORDS)
+    return name in SAMPLED_CORPUS or any(
+        fnmatch.fnmatchcase(name, pattern) and name.count("/") == pattern.count("/") for pattern in RECORDS)
 
 
 def record_files(root: Path) -> list[Path]:
-    return sorted({p for pattern in RECORDS for p in root.glob(pattern) if p.is_file()})
+    patterns = RECORDS
+    config = root / "config.json"
+    if config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("corpus_source") == "sample":
+        patterns += SAMPLED_CORPUS
+    return sorted({p for pattern in patterns for p in root.glob(pattern) if p.is_file()})
+
+
+def _slim_sample(rec: dict) -> dict:
+    """A logged sample without the data it was asked about: the choices keep their labels, not their texts."""
+    out = {k: rec[k] for k in _SAMPLE_FIELDS if k in rec}
+    out.update({m: rec[m] for m in rec.get("metrics", []) if m in rec})
+    doc = rec.get("doc")
+    if isinstance(doc, dict):
+        out["doc"] = {k: doc[k] for k in _DOC_FIELDS if k in doc}
+        if isinstance(doc.get("choices"), list):
+            out["doc"]["choices"] = [[c[0], ""] if isinstance(c, (list, tuple)) and c else c for c in doc["choices"]]
+    return out
+
+
+def _relative_paths(value, pattern: re.Pattern):
+    """Every string in a JSON value with the run directory's path (where it starts a path) made `.`."""
+    if isinstance(value, str):
+        return pattern.sub(".", value)
+    if isinstance(value, list):
+        return [_relative_paths(v, pattern) for v in value]
+    if isinstance(value, dict):
+        return {k: _relative_paths(v, pattern) for k, v in value.items()}
+    return value
+
+
+def _packed(path: Path, name: str, run_path: re.Pattern) -> bytes:
+    if name.startswith("eval/") and name.endswith(".jsonl"):
+        lines = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        return "".join(json.dumps(_slim_sample(rec), ensure_ascii=False) + "\n" for rec in lines).encode()
+    if name.endswith(".json") and name != "config.json":  # (the config is compared as written)
+        data = _relative_paths(json.loads(path.read_text(encoding="utf-8")), run_path)
+        return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode()
+    return path.read_bytes()
 
 
 def pack(root: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Write the run's records into `out` (default: records.tar.gz in the run) atomically; returns the path.
-    Paths under the run directory are written relative to it (`./students/scotd`): the records are to be read
-    elsewhere, where the run directory has another name."""
+    """Write the run's records into `out` (default: records.tar.gz in the run) atomically; returns the path."""
     root = Path(root)
     out = Path(out) if out is not None else root / ARCHIVE
-    prefixes = sorted({str(root.resolve()), str(root.absolute())}, key=len, reverse=True)
+    # the run's path as the stages wrote it (absolute, or as given to --out), where a path starts: at the start of
+    # a string or after `=`, a space or a quote (lm-eval's `pretrained=...`); the relative form only before a `/`
+    absolute = "|".join(re.escape(f) for f in sorted({str(root.absolute()), str(root.resolve())}, key=len, reverse=True))
+    given = rf"|{re.escape(str(root))}(?=/)" if not root.is_absolute() else ""
+    run_path = re.compile(rf"""(?:^|(?<=[=\s'"]))(?:(?:{absolute})(?=/|$){given})""")
     buffer = io.BytesIO()
     # fixed times and ownership: the same records make the same bytes, so a committed archive changes only when a
     # record does
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in record_files(root):
-            data = path.read_bytes()
-            for prefix in prefixes:
-                data = data.replace(prefix.encode() + b"/", b"./")
-            info = tarfile.TarInfo(path.relative_to(root).as_posix())
+            name = path.relative_to(root).as_posix()
+            data = _packed(path, name, run_path)
+            info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), 0o644, 0
             tar.addfile(info, io.BytesIO(data))
     with atomic.atomic_open(out, "wb") as f:
@@ -69,33 +119,25 @@ def pack(root: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     return out
 
 
-def _members(archive: Path) -> dict[str, bytes]:
-    """name -> bytes of every member, refusing an archive that is not a run's records (an absolute path, `..`, a
-    link or a file that is not a record), so restoring cannot write outside the run or plant weights."""
+def read(archive: str | os.PathLike, current_config: dict, differences) -> dict[str, bytes]:
+    """name -> bytes of the archive's records, checked before anything is written: every member must be a record
+    (no absolute path, `..`, link or other file, so restoring cannot write outside the run or plant weights), and
+    the archive's config the run's (`differences(old, current)` names the settings that differ), or the records
+    would describe another experiment."""
+    archive = Path(archive)
     try:
         with tarfile.open(archive, mode="r:*") as tar:
-            out = {}
+            members = {}
             for member in tar.getmembers():
                 name = PurePosixPath(member.name)
                 if not member.isfile() or name.is_absolute() or ".." in name.parts or not _is_record(member.name):
                     raise ScotdError(f"{archive}: {member.name!r} is not a run record (records are "
-                                     f"{', '.join(RECORDS)}); not restoring from it")
-                out[member.name] = tar.extractfile(member).read()
+                                     f"{', '.join(RECORDS + SAMPLED_CORPUS)}); not restoring from it")
+                members[member.name] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as e:
         raise ScotdError(f"{archive}: not a readable records archive ({e})") from e
-    if "config.json" not in out:
+    if "config.json" not in members:
         raise ScotdError(f"{archive}: no config.json in it, so it cannot be matched to a run; not restoring")
-    return out
-
-
-def restore(archive: str | os.PathLike, root: str | os.PathLike, current_config: dict, differences) -> list[str]:
-    """Put the archive's records into run directory `root`, for a run of `current_config`; returns what was put.
-
-    The archive's config must be the run's (`differences(old, current)` lists the settings that differ), or the
-    records would describe another experiment. A file already in the run is never replaced: the run's own records
-    are newer than, or the same as, the archive's."""
-    archive = Path(archive)
-    members = _members(archive)
     try:
         old = json.loads(members["config.json"])
     except json.JSONDecodeError as e:
@@ -103,14 +145,20 @@ def restore(archive: str | os.PathLike, root: str | os.PathLike, current_config:
     diff = differences(old, current_config)
     if diff:
         raise ScotdError(f"{archive} holds the records of a run with other settings ({', '.join(diff)} differ); "
-                         f"not restoring them into {root}")
+                         "not restoring them")
+    return members
+
+
+def put(members: dict[str, bytes], root: str | os.PathLike) -> list[str]:
+    """Write the records (from `read`) into run directory `root`; a file already there is kept (the run's own
+    records are newer than, or the same as, the archive's). Returns what was written."""
     root = Path(root)
-    put = []
-    for name, data in members.items():
+    written = []
+    for name, data in sorted(members.items()):
         target = root / name
         if target.exists():
             continue
         with atomic.atomic_open(target, "wb") as f:
             f.write(data)
-        put.append(name)
-    return sorted(put)
+        written.append(name)
+    return written

@@ -39,6 +39,8 @@ def _train_one(run: Run, out: Path, student, learning_rate: float | None, say, e
     if is_trained(out):
         say(f"  {out.relative_to(run.root)}: trained already (its weights and {SCOTD_JSON} exist), kept")
         return out
+    # a restored record goes before training starts: scotd.json must mean a finished student, also after a kill
+    (out / SCOTD_JSON).unlink(missing_ok=True)
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
     if last:
         say(f"  {student.name}: resuming from {Path(last).name} (a Trainer checkpoint of the interrupted run)")
@@ -369,11 +371,16 @@ def evaluation_jobs(run: Run) -> list[tuple]:
 
 
 def stage_evaluate(run: Run, say) -> dict:
+    from .arms import students
+
     cfg = run.cfg
     summary = {}
     models = evaluated_models(run)
+    ours = {s.name for s in students(cfg)}
     for key, name, out, tasks, split, limit in evaluation_jobs(run):
         model, _, model_type = models[name]
+        if name in ours and not _recorded(out, tasks, split, limit):
+            make_student(run, name, say)  # (trained by the train stage, unless its scores were restored)
         summary[key] = _score(run, name, model, tasks, out, split=split, limit=limit,
                               model_type=model_type if name == "teacher" else None, say=say)
         summary[key]["tasks"] = tasks

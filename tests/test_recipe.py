@@ -411,6 +411,12 @@ def test_arms_tuned_evaluated_exported_and_resumed(tmp_path, fixtures_dir, embed
     meta = json.loads((teacher / "scotd.json").read_text())
     assert meta["training"]["learning_rate"] == tune["chosen"][other.removesuffix("_12")]
 
+    # --from evaluate in the restored run: its scores go, so every student is trained where it has none
+    rescored = _run([*args[:-1], str(moved), "--from", "evaluate", "--until", "evaluate"], env)
+    assert rescored.returncode == 0, rescored.stderr[-3000:]
+    assert len(list((moved / "students").glob("*/*.safetensors"))) == 6
+    assert table(moved) == table(run)  # (the same students again: training on the CPU is deterministic here)
+
     # an evaluate stage killed after its models were scored resumes without scoring any again
     from scotd_harness.pipeline import Run
 

@@ -1,11 +1,14 @@
-"""A run's records archive (run_records): packed the same way twice, restored only into a run of the same
-config, never over a file the run has, and never with anything but records in it. The whole round trip (a run
-gone on in a new directory from its archive, retraining only the exported student) is in test_recipe.py."""
+"""A run's records archive (run_records): the same records pack to the same bytes, carry no copy of the data,
+are restored only into a run of the same config, never over a file the run has, and never with anything but
+records in them. The whole round trip (a run gone on in a new directory from its archive, retraining only the
+students a later stage needs) is in test_recipe.py."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -13,14 +16,24 @@ import pytest
 
 from scotd_harness import run_records
 from scotd_harness.errors import ScotdError
+from scotd_harness.eval_samples import read_outcomes
 from scotd_harness.pipeline import config_differences, load_config
+
+SAMPLE = {"doc_id": 0, "doc": {"task": "csqa", "id": "q-17", "split": "validation", "question": "Where is a cup kept?",
+                               "choices": [["a", "kitchen"], ["b", "garage"]], "answer": "a"},
+          "target": "a", "arguments": {"gen_args_0": {"arg_0": "Q: Where is a cup kept?\nA:"}},
+          "resps": [["A cup is kept in a kitchen. So the answer is: (a)"]], "filtered_resps": ["a"], "filter": "greedy",
+          "metrics": ["acc", "invalid_rate"], "doc_hash": "d" * 64, "prompt_hash": "p" * 64, "acc": 1.0,
+          "invalid_rate": 0.0}
 
 
 def _run_dir(root: Path, config: dict) -> Path:
     (root / "eval" / "scotd").mkdir(parents=True)
     (root / "config.json").write_text(json.dumps(config))
-    (root / "eval" / "scotd" / "results.json").write_text('{"results": {"scotd_csqa": {"acc,strict-match": 0.5}}}')
-    (root / "eval" / "scotd" / "samples_scotd_csqa.jsonl").write_text('{"doc_id": 0, "acc": 1.0}\n')
+    (root / "eval" / "scotd" / "results.json").write_text(json.dumps(
+        {"results": {"scotd_csqa": {"acc,greedy": 1.0}},
+         "config": {"model_args": f"pretrained={root.resolve()}/students/scotd/onnx-fp32"}}))
+    (root / "eval" / "scotd" / "samples_scotd_csqa.jsonl").write_text(json.dumps(SAMPLE) + "\n")
     (root / "tune").mkdir()
     (root / "tune" / "scores.json").write_text('{"scotd_2k lr0.0001": {"accuracy": 0.4}}')
     (root / "students" / "scotd").mkdir(parents=True)
@@ -30,20 +43,47 @@ def _run_dir(root: Path, config: dict) -> Path:
     return root
 
 
-def _names(archive: Path) -> set[str]:
+def _members(archive: Path) -> dict[str, bytes]:
     with tarfile.open(archive) as tar:
-        return set(tar.getnames())
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
 
 
-def test_records_hold_the_findings_not_the_weights_and_pack_the_same_twice(tmp_path):
-    config = load_config(None).model_dump()
-    run = _run_dir(tmp_path / "run", config)
+def test_records_hold_the_findings_not_the_weights_nor_the_data(tmp_path):
+    run = _run_dir(tmp_path / "run", {**load_config(None).model_dump(), "corpus_source": "distilling-step-by-step"})
     archive = run_records.pack(run)
     assert archive == run / "records.tar.gz"
-    assert _names(archive) == {"config.json", "tune/scores.json", "students/scotd/scotd.json",
-                               "eval/scotd/results.json", "eval/scotd/samples_scotd_csqa.jsonl"}
-    first = archive.read_bytes()
-    assert run_records.pack(run).read_bytes() == first
+    members = _members(archive)
+    # no weights, and an imported corpus is not a record (the stages rebuild it from the data)
+    assert set(members) == {"config.json", "tune/scores.json", "students/scotd/scotd.json",
+                            "eval/scotd/results.json", "eval/scotd/samples_scotd_csqa.jsonl"}
+    sample = json.loads(members["eval/scotd/samples_scotd_csqa.jsonl"])
+    assert "Where is a cup kept" not in json.dumps(sample) and "kitchen" not in json.dumps(sample["doc"])
+    assert sample["resps"] == SAMPLE["resps"] and sample["doc"]["id"] == "q-17" and sample["doc"]["answer"] == "a"
+    # what the report reads of it is what it read of the original
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    (restored / "samples_scotd_csqa.jsonl").write_bytes(members["eval/scotd/samples_scotd_csqa.jsonl"])
+    assert read_outcomes(restored) == read_outcomes(run / "eval" / "scotd")
+    # paths into the run are written relative to it (the run's own file is left as it is)
+    results = json.loads(members["eval/scotd/results.json"])
+    assert results["config"]["model_args"] == "pretrained=./students/scotd/onnx-fp32"
+    assert str(run.resolve()) in (run / "eval" / "scotd" / "results.json").read_text()
+
+
+def test_a_sampled_corpus_is_a_record(tmp_path):
+    run = _run_dir(tmp_path / "run", load_config(None).model_dump())  # (the demo samples its teacher)
+    assert "corpus.jsonl" in _members(run_records.pack(run))
+
+
+def test_the_same_records_pack_to_the_same_bytes_wherever_and_whenever(tmp_path, monkeypatch):
+    config = load_config(None).model_dump()
+    first = run_records.pack(_run_dir(tmp_path / "a", config), tmp_path / "a.tar.gz").read_bytes()
+    other = _run_dir(tmp_path / "elsewhere" / "b", config)
+    for path in other.rglob("*"):
+        os.utime(path, (1_000_000, 1_000_000))
+    # a run named by a relative --out: its paths are made relative too
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert run_records.pack(Path("b"), tmp_path / "b.tar.gz").read_bytes() == first
 
 
 def test_restore_puts_what_is_missing_and_keeps_what_the_run_has(tmp_path):
@@ -52,7 +92,7 @@ def test_restore_puts_what_is_missing_and_keeps_what_the_run_has(tmp_path):
     new = tmp_path / "new"
     (new / "eval" / "scotd").mkdir(parents=True)
     (new / "eval" / "scotd" / "results.json").write_text("the run's own")
-    put = run_records.restore(archive, new, config, config_differences)
+    put = run_records.put(run_records.read(archive, config, config_differences), new)
     assert "eval/scotd/results.json" not in put and (new / "eval" / "scotd" / "results.json").read_text() == "the run's own"
     assert json.loads((new / "tune" / "scores.json").read_text()) == {"scotd_2k lr0.0001": {"accuracy": 0.4}}
     assert (new / "students" / "scotd" / "scotd.json").is_file()
@@ -64,13 +104,12 @@ def test_records_of_another_config_are_refused_naming_the_settings(tmp_path):
     archive = run_records.pack(_run_dir(tmp_path / "old", config), tmp_path / "records.tar.gz")
     other = {**config, "seed": config["seed"] + 1}
     with pytest.raises(ScotdError, match=r"other settings \(seed differ\)"):
-        run_records.restore(archive, tmp_path / "new", other, config_differences)
-    assert not (tmp_path / "new").exists()
+        run_records.read(archive, other, config_differences)
 
 
 @pytest.mark.parametrize("name", ["../outside.json", "/abs/config.json", "students/scotd/model.safetensors",
                                   "eval/scotd/../../escape/results.json"])
-def test_an_archive_with_anything_but_records_is_refused_before_a_file_is_written(tmp_path, name):
+def test_an_archive_with_anything_but_records_is_refused(tmp_path, name):
     config = load_config(None).model_dump()
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
@@ -81,23 +120,26 @@ def test_an_archive_with_anything_but_records_is_refused_before_a_file_is_writte
     archive = tmp_path / "bad.tar.gz"
     archive.write_bytes(buffer.getvalue())
     with pytest.raises(ScotdError, match="is not a run record"):
-        run_records.restore(archive, tmp_path / "new", config, config_differences)
-    assert not (tmp_path / "new").exists() and not (tmp_path / "outside.json").exists()
+        run_records.read(archive, config, config_differences)
 
 
 def test_a_file_that_is_not_an_archive_is_a_clear_error(tmp_path):
     bad = tmp_path / "records.tar.gz"
     bad.write_text("not a tar")
     with pytest.raises(ScotdError, match="not a readable records archive"):
-        run_records.restore(bad, tmp_path / "new", load_config(None).model_dump(), config_differences)
+        run_records.read(bad, load_config(None).model_dump(), config_differences)
 
 
-def test_paths_inside_the_run_are_packed_relative_to_it(tmp_path):
-    run = _run_dir(tmp_path / "run", load_config(None).model_dump())
-    (run / "eval" / "scotd" / "results.json").write_text(json.dumps(
-        {"config": {"model_args": f"pretrained={run.resolve()}/students/scotd/onnx-fp32"}, "results": {}}))
-    archive = run_records.pack(run)
-    with tarfile.open(archive) as tar:
-        results = json.load(tar.extractfile("eval/scotd/results.json"))
-    assert results["config"]["model_args"] == "pretrained=./students/scotd/onnx-fp32"
-    assert f"{run.resolve()}/students" in (run / "eval" / "scotd" / "results.json").read_text()
+def test_a_refused_restore_leaves_the_run_directory_as_it_was(tmp_path):
+    """Through the CLI: records of another config, refused before the new run directory is made."""
+    from click.testing import CliRunner
+
+    from scotd_harness.commands.pipeline import command
+
+    config = load_config(None).model_dump()
+    archive = run_records.pack(_run_dir(tmp_path / "old", {**config, "seed": config["seed"] + 1}),
+                               tmp_path / "records.tar.gz")
+    result = CliRunner().invoke(command, ["--out", str(tmp_path / "new"), "--restore", str(archive)])
+    assert result.exit_code != 0 and "other settings (seed differ)" in str(result.exception or result.output)
+    assert not (tmp_path / "new").exists()
+    shutil.rmtree(tmp_path / "old")
