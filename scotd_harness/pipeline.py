@@ -439,6 +439,8 @@ class Run:
         #: the fp32 export a quantised `onnx/` is derived from (kept, so a rerun of the stage reuses it)
         self.onnx_fp32 = self.root / "onnx-fp32"
         self.infer = self.root / "infer.jsonl"
+        #: score each student as soon as it is trained (stage_train); set by run_pipeline
+        self.score_as_trained = False
 
     @property
     def state_path(self) -> Path:
@@ -475,11 +477,13 @@ class Run:
 
 
 def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, from_stage: str | None = None,
-                 until: str | None = None, say=print, after_stage=None, restore: str | os.PathLike | None = None) -> Run:
+                 until: str | None = None, say=print, after_stage=None, restore: str | os.PathLike | None = None,
+                 score_as_trained: bool = False) -> Run:
     """Run every stage not yet recorded as done (from `from_stage` on, if given) up to `until`; `after_stage(run)`
     is called after each stage that ran (the CLI rewrites the report, so a long run shows its figures so far).
     `restore`: a records archive of a run of this config (run_records), put in first. After each stage the run's
-    own records are packed (records.tar.gz), so the next sitting can go on from them on another machine."""
+    own records are packed (records.tar.gz), so the next sitting can go on from them on another machine.
+    `score_as_trained`: the train stage scores each student as soon as it is trained (see stage_train)."""
     from . import run_records
 
     stages = stages_of(cfg)
@@ -490,6 +494,7 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, from_stage: str | 
         raise ScotdError(f"--until {until} comes before --from {from_stage}: nothing would run")
     records = run_records.read(restore, cfg.model_dump(), config_differences) if restore is not None else None
     run = Run(out, cfg)
+    run.score_as_trained = score_as_trained
     run.open()
     if records is not None:
         put = run_records.put(records, run.root)

@@ -205,12 +205,14 @@ def _dev_losses(student_dir: Path) -> list | None:
 def stage_train(run: Run, say) -> dict:
     """Every student of the run that is still to be scored (`make_student`). A student whose every evaluation is
     recorded already (restored records of a run whose weights are gone) is not trained here: the export stage
-    trains the best one again if it has to."""
+    trains the best one again if it has to. With `run.score_as_trained` each student is scored (its greedy jobs of
+    the evaluate stage) as soon as it is trained, so a sitting that ends inside this stage keeps, in the records,
+    every student it finished."""
     from .arms import students
 
     summary = {}
-    pending = {name for _, name, out, tasks, split, limit in evaluation_jobs(run)
-               if not _recorded(out, tasks, split, limit)}
+    jobs = evaluation_jobs(run)
+    pending = {name for _, name, out, tasks, split, limit in jobs if not _recorded(out, tasks, split, limit)}
     for student in students(run.cfg):
         out = run.students / student.name
         if student.name not in pending and not is_trained(out):
@@ -218,6 +220,9 @@ def stage_train(run: Run, say) -> dict:
             summary[student.name] = None
             continue
         summary[student.name] = str(make_student(run, student.name, say).relative_to(run.root))
+        if run.score_as_trained:
+            for job in (j for j in jobs if j[1] == student.name):
+                _score_job(run, job, say)
     return summary
 
 
@@ -370,6 +375,14 @@ def evaluation_jobs(run: Run) -> list[tuple]:
     return jobs
 
 
+def _score_job(run: Run, job: tuple, say, models: dict | None = None) -> dict:
+    _, name, out, tasks, split, limit = job
+    model, _, model_type = (models or evaluated_models(run))[name]
+    result = _score(run, name, model, tasks, out, split=split, limit=limit,
+                    model_type=model_type if name == "teacher" else None, say=say)
+    return {**result, "tasks": tasks}
+
+
 def stage_evaluate(run: Run, say) -> dict:
     from .arms import students
 
@@ -377,13 +390,11 @@ def stage_evaluate(run: Run, say) -> dict:
     summary = {}
     models = evaluated_models(run)
     ours = {s.name for s in students(cfg)}
-    for key, name, out, tasks, split, limit in evaluation_jobs(run):
-        model, _, model_type = models[name]
+    for job in evaluation_jobs(run):
+        key, name, out, tasks, split, limit = job
         if name in ours and not _recorded(out, tasks, split, limit):
             make_student(run, name, say)  # (trained by the train stage, unless its scores were restored)
-        summary[key] = _score(run, name, model, tasks, out, split=split, limit=limit,
-                              model_type=model_type if name == "teacher" else None, say=say)
-        summary[key]["tasks"] = tasks
+        summary[key] = _score_job(run, job, say, models)
     if cfg.self_consistency:
         best = best_student(run)
         task = f"scotd_{cfg.task}_sc"

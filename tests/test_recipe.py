@@ -425,9 +425,16 @@ def test_arms_tuned_evaluated_exported_and_resumed(tmp_path, fixtures_dir, embed
     assert redo.returncode == 0, redo.stderr[-3000:]
     assert redo.stderr.count("evaluated already") == 7 * 2 + 1 and "exporting" not in redo.stderr
 
-    # --from train: the tuned students went with students/, so each arm retrains at its chosen rate
-    retrain = _run([*args, "--from", "train", "--until", "train"], env)
+    # --from train: the tuned students went with students/, so each arm retrains at its chosen rate; with
+    # --score-as-trained each is scored in the train stage as soon as it is trained (eval/ went with --from train)
+    retrain = _run([*args, "--from", "train", "--until", "train", "--score-as-trained"], env)
     assert retrain.returncode == 0, retrain.stderr[-3000:]
     for arm, rate in tune["chosen"].items():
         meta = json.loads((run / "students" / f"{arm}_12" / "scotd.json").read_text())
         assert meta["training"]["learning_rate"] == rate
+    assert "evaluate" not in json.loads((run / "stages.json").read_text())["stages"]
+    scored = {p.parent.name for p in (run / "eval").glob("*/results.json")}
+    assert scored == {"label_only_12", "scotd_12", "cose_12", "label_only", "scotd", "cose"}
+    # each right after its own training: the first student's scores come before the second student's training
+    log = retrain.stderr
+    assert log.index("label_only_12:\n") < log.index("  scotd_12: ")

@@ -21,7 +21,11 @@ from ..pipeline import STAGES, load_config, run_pipeline
               help="A records archive (records.tar.gz of a run of the same config, rewritten after every stage) to "
                    "go on from in a new --out: scored tuning candidates and models are not redone, and a student "
                    "whose evaluations are all recorded is retrained only if the export needs it.")
-def command(config_path, preset, out, from_stage, until, report, restore):
+@click.option("--score-as-trained", is_flag=True,
+              help="Score each student as soon as it is trained (in the train stage) instead of all of them after "
+                   "training: a sitting that ends inside the train stage keeps every finished student's scores in "
+                   "records.tar.gz. For runs that go on from their records elsewhere.")
+def command(config_path, preset, out, from_stage, until, report, restore, score_as_trained):
     """Sample -> filter -> (tune) -> train -> evaluate -> export -> infer, in one run directory.
 
     \b
@@ -63,7 +67,8 @@ def command(config_path, preset, out, from_stage, until, report, restore):
             say(f"report not updated ({type(e).__name__}: {e}); the run goes on")
 
     run = run_pipeline(cfg, out, from_stage=from_stage, until=until, say=say,
-                       after_stage=after if report else None, restore=restore)
+                       after_stage=after if report else None, restore=restore,
+                       score_as_trained=score_as_trained)
     if report:
         say(f"report: {write_report(run.root)}")
     click.echo(str(run.root))
