@@ -74,23 +74,34 @@ def _slim_sample(rec: dict) -> dict:
     return out
 
 
-def _relative_paths(value, pattern: re.Pattern):
-    """Every string in a JSON value with the run directory's path (where it starts a path) made `.`."""
+def _path_pattern(folders: list[str], relative: str | None = None) -> re.Pattern:
+    """A folder's path where it starts a path: at the start of a string or after `=`, a space or a quote
+    (lm-eval's `pretrained=...`, `<class '...'>`), followed by `/` or the end; `relative` only before a `/`."""
+    absolute = "|".join(re.escape(f) for f in sorted(set(folders), key=len, reverse=True))
+    given = rf"|{re.escape(relative)}(?=/)" if relative else ""
+    return re.compile(rf"""(?:^|(?<=[=\s'"]))(?:(?:{absolute})(?=/|$){given})""")
+
+
+def _relative_paths(value, rewrites: list[tuple[re.Pattern, str]]):
+    """Every string in a JSON value with the run directory's path made `.`, and the scotd task folder's
+    (lm-eval records each task's YAML file) made `scotd_harness/tasks`."""
     if isinstance(value, str):
-        return pattern.sub(".", value)
+        for pattern, replacement in rewrites:
+            value = pattern.sub(replacement, value)
+        return value
     if isinstance(value, list):
-        return [_relative_paths(v, pattern) for v in value]
+        return [_relative_paths(v, rewrites) for v in value]
     if isinstance(value, dict):
-        return {k: _relative_paths(v, pattern) for k, v in value.items()}
+        return {k: _relative_paths(v, rewrites) for k, v in value.items()}
     return value
 
 
-def _packed(path: Path, name: str, run_path: re.Pattern) -> bytes:
+def _packed(path: Path, name: str, rewrites: list[tuple[re.Pattern, str]]) -> bytes:
     if name.startswith("eval/") and name.endswith(".jsonl"):
         lines = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
         return "".join(json.dumps(_slim_sample(rec), ensure_ascii=False) + "\n" for rec in lines).encode()
     if name.endswith(".json") and name != "config.json":  # (the config is compared as written)
-        data = _relative_paths(json.loads(path.read_text(encoding="utf-8")), run_path)
+        data = _relative_paths(json.loads(path.read_text(encoding="utf-8")), rewrites)
         return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode()
     return path.read_bytes()
 
@@ -99,18 +110,19 @@ def pack(root: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write the run's records into `out` (default: records.tar.gz in the run) atomically; returns the path."""
     root = Path(root)
     out = Path(out) if out is not None else root / ARCHIVE
-    # the run's path as the stages wrote it (absolute, or as given to --out), where a path starts: at the start of
-    # a string or after `=`, a space or a quote (lm-eval's `pretrained=...`); the relative form only before a `/`
-    absolute = "|".join(re.escape(f) for f in sorted({str(root.absolute()), str(root.resolve())}, key=len, reverse=True))
-    given = rf"|{re.escape(str(root))}(?=/)" if not root.is_absolute() else ""
-    run_path = re.compile(rf"""(?:^|(?<=[=\s'"]))(?:(?:{absolute})(?=/|$){given})""")
+    from .lm_eval_hook import tasks_dir
+
+    # the run's path as the stages wrote it: absolute, or as given to --out
+    rewrites = [(_path_pattern([str(root.absolute()), str(root.resolve())],
+                               None if root.is_absolute() else str(root)), "."),
+                (_path_pattern([str(tasks_dir())]), "scotd_harness/tasks")]
     buffer = io.BytesIO()
     # fixed times and ownership: the same records make the same bytes, so a committed archive changes only when a
     # record does
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in record_files(root):
             name = path.relative_to(root).as_posix()
-            data = _packed(path, name, run_path)
+            data = _packed(path, name, rewrites)
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), 0o644, 0
             tar.addfile(info, io.BytesIO(data))

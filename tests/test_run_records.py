@@ -17,6 +17,7 @@ import pytest
 from scotd_harness import run_records
 from scotd_harness.errors import ScotdError
 from scotd_harness.eval_samples import read_outcomes
+from scotd_harness.lm_eval_hook import tasks_dir
 from scotd_harness.pipeline import config_differences, load_config
 
 SAMPLE = {"doc_id": 0, "doc": {"task": "csqa", "id": "q-17", "split": "validation", "question": "Where is a cup kept?",
@@ -32,7 +33,9 @@ def _run_dir(root: Path, config: dict) -> Path:
     (root / "config.json").write_text(json.dumps(config))
     (root / "eval" / "scotd" / "results.json").write_text(json.dumps(
         {"results": {"scotd_csqa": {"acc,greedy": 1.0}},
-         "config": {"model_args": f"pretrained={root.resolve()}/students/scotd/onnx-fp32"}}))
+         "config": {"model_args": f"pretrained={root.resolve()}/students/scotd/onnx-fp32"},
+         "configs": {"scotd_csqa": {"config_source": f"{tasks_dir()}/csqa/scotd_csqa.yaml",
+                                    "filter_list": [{"function": f"<class '{tasks_dir()}/utils.ExtractAnswer'>"}]}}}))
     (root / "eval" / "scotd" / "samples_scotd_csqa.jsonl").write_text(json.dumps(SAMPLE) + "\n")
     (root / "tune").mkdir()
     (root / "tune" / "scores.json").write_text('{"scotd_2k lr0.0001": {"accuracy": 0.4}}')
@@ -67,6 +70,10 @@ def test_records_hold_the_findings_not_the_weights_nor_the_data(tmp_path):
     # paths into the run are written relative to it (the run's own file is left as it is)
     results = json.loads(members["eval/scotd/results.json"])
     assert results["config"]["model_args"] == "pretrained=./students/scotd/onnx-fp32"
+    # and the installed task files' by the package's name for them
+    task = results["configs"]["scotd_csqa"]
+    assert task["config_source"] == "scotd_harness/tasks/csqa/scotd_csqa.yaml"
+    assert task["filter_list"][0]["function"] == "<class 'scotd_harness/tasks/utils.ExtractAnswer'>"
     assert str(run.resolve()) in (run / "eval" / "scotd" / "results.json").read_text()
 
 
