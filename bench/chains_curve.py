@@ -17,6 +17,13 @@ them where it stopped; each records its finished stages in its stages.json):
    and on the sampled questions and each arm's corpus statistics. Rewritten after every arm, so a partial run
    has its figures.
 
+Each stage's records (run_records: the sampled chains without their questions' text, every arm's training record
+and scores, never weights) are kept in --records as STAGE.tar.gz, rewritten as the stage goes (every 10 minutes
+while sampling). Where --run-dir is gone (another machine, a lost scratch disk), the same command restores each
+stage from its archive: a restored sample is not sampled again, a scored arm is not trained again. The run
+configs name the teacher and the sampled corpus relative to --run-dir (the script works inside it), so the
+archives name no folder of the machine that made them; the teacher run must keep its place beside --run-dir.
+
 Usage::
 
     SCOTD_DATA_DIR=DATA python bench/chains_curve.py --teacher-run runs/csqa-palm --run-dir runs/chains-curve
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -49,6 +57,9 @@ SELECTIONS = {
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--run-dir", default="runs/chains-curve", help="Folder of the sample and arm run directories.")
+    p.add_argument("--records", default=str(RESULTS / "chains_curve_records"),
+                   help="Folder of each stage's records archive, kept as the stage goes and restored from where\n"
+                        "its run directory is gone (default: bench/results/chains_curve_records).")
     p.add_argument("--teacher-run", help="A csqa-palm pipeline run: its onnx/ export is the teacher, the corpus of\n"
                                          "its exported student the questions to leave out.")
     p.add_argument("--teacher-student", help="With --teacher-run: this student of the run instead of the one its\n"
@@ -128,17 +139,22 @@ def arms() -> dict[str, tuple[int, list[str]]]:
     return out
 
 
-def sample_config(args, teacher: Path, exclude: Path | None) -> dict:
-    return {"task": "csqa", "teacher": f"onnx:{teacher.resolve()}", "n": args.n, "temperature": args.temperature,
+def _inside(path: Path, root: Path) -> str:
+    """`path` as the stage configs name it: relative to the run folder the script works in (see main)."""
+    return os.path.relpath(path.resolve(), root.resolve())
+
+
+def sample_config(args, teacher: Path, exclude: Path | None, root: Path) -> dict:
+    return {"task": "csqa", "teacher": f"onnx:{_inside(teacher, root)}", "n": args.n, "temperature": args.temperature,
             "max_new_tokens": args.max_new_tokens, "train_split": "train", "train_limit": args.questions,
-            "exclude_questions": str(exclude.resolve()) if exclude else None, "filters": ["all"], "seed": args.seed,
+            "exclude_questions": _inside(exclude, root) if exclude else None, "filters": ["all"], "seed": args.seed,
             "evaluate_teacher": False}
 
 
-def arm_config(args, corpus: Path, n: int, filters: list[str], first: bool) -> dict:
+def arm_config(args, corpus: Path, n: int, filters: list[str], first: bool, root: Path) -> dict:
     """One arm's pipeline config; only the first arm scores the base student (the same model in every arm)."""
     return {
-        "task": "csqa", "corpus_source": str(corpus.resolve()), "n": n, "filters": filters, "student": args.student,
+        "task": "csqa", "corpus_source": _inside(corpus, root), "n": n, "filters": filters, "student": args.student,
         "arms": ["scotd"], "seed": args.seed, "eval_backend": "onnx", "eval_limit": args.eval_limit,
         "evaluate_undistilled": first,
         "eval_batch_size": 16, "export_quantize": None,
@@ -150,12 +166,16 @@ def arm_config(args, corpus: Path, n: int, filters: list[str], first: bool) -> d
     }
 
 
-def run_stage(name: str, config: dict, out: Path, until: str) -> None:
+def run_stage(name: str, config: dict, out: Path, until: str, records: Path) -> None:
+    """One pipeline run, restored from its archive in `records` where it has one, its records kept there."""
     from scotd_harness.pipeline import PipelineConfig, run_pipeline
 
     started = time.monotonic()
     cfg = PipelineConfig.from_dict(config, source=name)
-    run_pipeline(cfg, out, until=until, say=lambda msg: log.info("%s: %s", name, msg))
+    archive = records / f"{name}.tar.gz"
+    records.mkdir(parents=True, exist_ok=True)
+    run_pipeline(cfg, out, until=until, say=lambda msg: log.info("%s: %s", name, msg),
+                 restore=archive if archive.is_file() else None, keep_records=archive)
     log.info("%s: done (%.0f s this call)", name, time.monotonic() - started)
 
 
@@ -171,7 +191,9 @@ def write_results(args, root: Path, teacher: Path) -> None:
     shutil.copy(done[0] / "report.md", RESULTS / f"{args.tag}.md")
     report = json.loads((done[0] / "report.json").read_text())
     report["teacher"] = teacher_accuracy(args, root, teacher)
-    report["settings"] = {k: v for k, v in vars(args).items() if k != "run_dir"}
+    # (the folders are this machine's, not settings of the study)
+    report["settings"] = {k: v for k, v in vars(args).items()
+                          if k not in ("run_dir", "records", "teacher_run", "teacher", "exclude")}
     (RESULTS / f"{args.tag}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     for png in ("accuracy_vs_n.png",):
         if (done[0] / png).is_file():
@@ -185,7 +207,7 @@ def teacher_accuracy(args, root: Path, teacher: Path) -> dict:
 
     from scotd_harness.corpus import read_corpus
 
-    out = {"export": str(teacher)}
+    out = {"export": _inside(teacher, root)}
     if args.teacher_run:
         run = Path(args.teacher_run)
         out["student"] = student = teacher_student(args)
@@ -212,15 +234,21 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     args = parse_args(argv)
-    root = Path(args.run_dir)
+    # every folder resolved before the script moves into the run folder, where the stage configs' paths start
+    for key in ("run_dir", "records", "teacher_run", "teacher", "exclude"):
+        if getattr(args, key):
+            setattr(args, key, str(Path(getattr(args, key)).resolve()))
+    root, records = Path(args.run_dir), Path(args.records)
+    root.mkdir(parents=True, exist_ok=True)
     teacher, exclude = teacher_of(args)
-    run_stage("sample", sample_config(args, teacher, exclude), root / "sample", until="sample")
+    os.chdir(root)
+    run_stage("sample", sample_config(args, teacher, exclude, root), root / "sample", "sample", records)
     corpus = root / "sample" / "corpus.jsonl"
     wanted = set(args.arms.split(",")) if args.arms else None
     for i, (name, (n, filters)) in enumerate(arms().items()):
         if wanted is not None and name not in wanted:
             continue
-        run_stage(name, arm_config(args, corpus, n, filters, first=i == 0), root / name, until="evaluate")
+        run_stage(name, arm_config(args, corpus, n, filters, i == 0, root), root / name, "evaluate", records)
         write_results(args, root, teacher)
     write_results(args, root, teacher)
 

@@ -42,6 +42,8 @@ CORPUS_SOURCES = ("sample", "distilling-step-by-step")
 #: every stage in run order; `tune` runs only in a run with a learning-rate grid (see `stages_of`)
 STAGES = ("sample", "filter", "tune", "train", "evaluate", "export", "infer")
 STATE_FILE = "stages.json"
+#: how often the sample stage packs the run's records while it samples (a sampled corpus is hours of work)
+RECORDS_WHILE_SAMPLING_S = 600
 #: `train` keys the pipeline sets itself (paths, the task, the variant, resumption)
 PIPELINE_TRAIN_KEYS = ("student", "corpus", "output_dir", "task", "label_only", "resume_from_checkpoint")
 
@@ -441,6 +443,17 @@ class Run:
         self.infer = self.root / "infer.jsonl"
         #: score each student as soon as it is trained (stage_train); set by run_pipeline
         self.score_as_trained = False
+        #: a second place for the records (run_pipeline's `keep_records`), e.g. a results folder that is committed
+        self.keep_records: Path | None = None
+
+    def pack_records(self) -> None:
+        """Pack the run's records (run_records) into records.tar.gz, and into `keep_records` where one is set."""
+        from . import run_records
+
+        packed = run_records.pack(self.root)
+        if self.keep_records is not None:
+            with atomic.atomic_open(self.keep_records, "wb") as f:
+                f.write(packed.read_bytes())
 
     @property
     def state_path(self) -> Path:
@@ -478,11 +491,12 @@ class Run:
 
 def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, from_stage: str | None = None,
                  until: str | None = None, say=print, after_stage=None, restore: str | os.PathLike | None = None,
-                 score_as_trained: bool = False) -> Run:
+                 score_as_trained: bool = False, keep_records: str | os.PathLike | None = None) -> Run:
     """Run every stage not yet recorded as done (from `from_stage` on, if given) up to `until`; `after_stage(run)`
     is called after each stage that ran (the CLI rewrites the report, so a long run shows its figures so far).
     `restore`: a records archive of a run of this config (run_records), put in first. After each stage the run's
-    own records are packed (records.tar.gz), so the next sitting can go on from them on another machine.
+    own records are packed (records.tar.gz), so the next sitting can go on from them on another machine;
+    `keep_records`: a file that gets a copy of them each time (it may be the `restore` archive itself).
     `score_as_trained`: the train stage scores each student as soon as it is trained (see stage_train)."""
     from . import run_records
 
@@ -493,8 +507,11 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, from_stage: str | 
     if from_stage and until and stages.index(until) < stages.index(from_stage):
         raise ScotdError(f"--until {until} comes before --from {from_stage}: nothing would run")
     records = run_records.read(restore, cfg.model_dump(), config_differences) if restore is not None else None
+    if records is not None and "corpus.jsonl" in records and not (Path(out) / "corpus.jsonl").exists():
+        records = run_records.with_questions(records, _examples_of(cfg, cfg.train_split, None), str(restore))
     run = Run(out, cfg)
     run.score_as_trained = score_as_trained
+    run.keep_records = Path(keep_records) if keep_records is not None else None
     run.open()
     if records is not None:
         put = run_records.put(records, run.root)
@@ -512,7 +529,7 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, from_stage: str | 
         started = time.monotonic()
         summary = STAGE_FUNCTIONS[stage](run, say) or {}
         run.record(stage, summary, time.monotonic() - started)
-        run_records.pack(run.root)
+        run.pack_records()
         say(f"[{i + 1}/{len(stages)}] {stage}: finished in {time.monotonic() - started:.0f} s")
         if after_stage is not None:
             after_stage(run)
@@ -534,9 +551,13 @@ def _remove_outputs_from(run: Run, from_stage: str, say) -> None:
 
 
 def _examples(run: Run, split: str, limit: int | None):
+    return _examples_of(run.cfg, split, limit)
+
+
+def _examples_of(cfg: PipelineConfig, split: str, limit: int | None):
     from .datasets import load_examples
 
-    return load_examples(run.cfg.task, split, data_dir=run.cfg.data_dir, limit=limit)
+    return load_examples(cfg.task, split, data_dir=cfg.data_dir, limit=limit)
 
 
 def stage_sample(run: Run, say) -> dict:
@@ -566,9 +587,18 @@ def stage_sample(run: Run, say) -> dict:
     resume = run.corpus.exists()
     # the onnx teacher keeps its batch full only when handed several batches' worth of questions at a time
     per_call = backend.questions_per_call(cfg.n) if kind == "onnx" else 8
+    last_pack = time.monotonic()
+
+    def pack_now_and_then(_summary) -> None:
+        """Records while sampling, so a run folder lost hours into the stage keeps its chains (`--restore`)."""
+        nonlocal last_pack
+        if time.monotonic() - last_pack >= RECORDS_WHILE_SAMPLING_S:
+            run.pack_records()
+            last_pack = time.monotonic()
+
     try:
         summary = run_sampling(examples, lambda ex: prompt.render(ex.question, ex.choices), backend, settings,
-                               run.corpus, resume=resume, questions_per_call=per_call)
+                               run.corpus, resume=resume, questions_per_call=per_call, after_call=pack_now_and_then)
     finally:
         backend.close()
     say("  " + summary.line())

@@ -10,7 +10,8 @@ one, or an evaluation not recorded).
 
 The records are meant to travel (a results folder, another machine), so they carry no copy of the data: a logged
 sample keeps the question's id, the gold label, the choice labels, the model's responses and its scores, not the
-question text or the prompt. Paths inside the run are written relative to it.
+question text or the prompt; a sampled chain keeps everything but its question's text and choices, which a restore
+joins back from the data by id (`with_questions`). Paths inside the run are written relative to it.
 """
 
 from __future__ import annotations
@@ -74,6 +75,34 @@ def _slim_sample(rec: dict) -> dict:
     return out
 
 
+def _slim_chain(line: str) -> str:
+    """A sampled chain without its question's text and choices (the data), which `with_questions` puts back."""
+    row = json.loads(line)
+    row.pop("question", None)
+    row.pop("choices", None)
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def with_questions(members: dict[str, bytes], examples, source: str) -> dict[str, bytes]:
+    """The records with the question text and choices of each sampled chain joined back from `examples` (the
+    run's train split) by id, rebuilt as the sampler writes a row, so the corpus comes back byte for byte."""
+    if "corpus.jsonl" not in members:
+        return members
+    from .corpus import CorpusRow
+
+    by_id = {str(ex.id): ex for ex in examples}
+    lines = []
+    for lineno, line in enumerate(members["corpus.jsonl"].decode("utf-8").splitlines(), 1):
+        row = json.loads(line)
+        ex = by_id.get(str(row.get("id")))
+        if ex is None:
+            raise ScotdError(f"{source}: corpus.jsonl line {lineno}: question id {row.get('id')!r} is not in the "
+                             "run's train split of this data; not restoring")
+        row["question"], row["choices"] = ex.question, [list(c) for c in ex.choices]
+        lines.append(CorpusRow.from_dict(row, f"{source}: corpus.jsonl", lineno).to_json() + "\n")
+    return {**members, "corpus.jsonl": "".join(lines).encode("utf-8")}
+
+
 def _path_pattern(folders: list[str], relative: str | None = None) -> re.Pattern:
     """A folder's path where it starts a path: at the start of a string or after `=`, a space or a quote
     (lm-eval's `pretrained=...`, `<class '...'>`), followed by `/` or the end; `relative` only before a `/`."""
@@ -97,6 +126,9 @@ def _relative_paths(value, rewrites: list[tuple[re.Pattern, str]]):
 
 
 def _packed(path: Path, name: str, rewrites: list[tuple[re.Pattern, str]]) -> bytes:
+    if name == "corpus.jsonl":  # complete lines only: the sampler may be appending to it (stage_sample)
+        text = path.read_text(encoding="utf-8")
+        return "".join(_slim_chain(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()).encode()
     if name.startswith("eval/") and name.endswith(".jsonl"):
         lines = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
         return "".join(json.dumps(_slim_sample(rec), ensure_ascii=False) + "\n" for rec in lines).encode()

@@ -202,11 +202,13 @@ def run_sampling(
     stop: Sequence[str] = formats.STOP_STRINGS,
     progress: bool | None = None,
     token_logprobs: bool = True,
+    after_call=None,
 ) -> SampleSummary:
     """Sample `settings.n` chains for each example into `out`.
 
     `render(example) -> str` builds the teacher prompt; `backend` is a `TeacherBackend`. Questions go to the
-    backend `questions_per_call` at a time; each call's chains are written as soon as it returns.
+    backend `questions_per_call` at a time; each call's chains are written as soon as it returns, and then
+    `after_call(summary)` is called (the file holds only whole lines then).
     """
     from tqdm.auto import tqdm
 
@@ -261,6 +263,8 @@ def run_sampling(
                         bar.update(len(missing))
                         bar.set_postfix_str(f"questions {summary.questions}/{total_questions}")
                 os.fsync(f.fileno())
+                if after_call is not None:
+                    after_call(summary)
     finally:
         bar.close()
         summary.seconds = time.monotonic() - start

@@ -17,7 +17,7 @@ import time
 import typing
 from pathlib import Path
 
-from . import atomic, run_records
+from . import atomic
 
 if typing.TYPE_CHECKING:
     from .pipeline import PipelineConfig, Run
@@ -55,7 +55,7 @@ def _train_one(run: Run, out: Path, student, learning_rate: float | None, say, e
     train(cfg, callbacks=[_no_final_checkpoint()])
     for checkpoint in out.glob("checkpoint-*"):
         shutil.rmtree(checkpoint)
-    run_records.pack(run.root)
+    run.pack_records()
     return out
 
 
@@ -147,7 +147,7 @@ def stage_tune(run: Run, say) -> dict:
         if "epochs" not in scores[key]:  # (also a candidate scored before candidates recorded their epochs)
             scores[key]["epochs"] = epochs if epochs is not None else epochs_of(cfg, student)
         atomic.write_json(scores_path, scores)
-        run_records.pack(run.root)
+        run.pack_records()
         return {**scores[key], "folder": _candidate(rate, epochs)}
 
     chosen, chosen_epochs = {}, {}
@@ -329,7 +329,7 @@ def _score(run: Run, name: str, model: str, tasks: list[str], out: Path, split: 
                           output_dir=out, split=split, data_dir=run.cfg.data_dir, seed=run.cfg.seed, log_samples=True,
                           max_gen_toks=run.cfg.eval_max_new_tokens, sc_samples=sc_samples)
         say(f"  {name}:\n" + "\n".join("    " + line for line in output.table.splitlines()))
-        run_records.pack(run.root)
+        run.pack_records()
     else:
         say(f"  {name}: evaluated already ({out.relative_to(run.root)})")
     results = json.loads(results_file.read_text(encoding="utf-8"))

@@ -150,3 +150,69 @@ def test_a_refused_restore_leaves_the_run_directory_as_it_was(tmp_path):
     assert result.exit_code != 0 and "other settings (seed differ)" in str(result.exception or result.output)
     assert not (tmp_path / "new").exists()
     shutil.rmtree(tmp_path / "old")
+
+
+def test_a_sampled_corpus_is_restored_byte_for_byte_from_records_without_its_questions(tmp_path):
+    """A sampled chain's question text and choices are data: the records leave them out, and a restore joins them
+    back from the run's train split by id, giving the corpus the sampler wrote. A line the sampler is still
+    writing is left out; a chain of a question the data lacks is refused, naming the line."""
+    from scotd_harness.corpus import CorpusRow
+    from scotd_harness.datasets import load_examples
+
+    config = load_config(None)  # the demo run samples its teacher on the built-in demo questions
+    examples = load_examples("demo", config.train_split)[:3]
+    rows = [CorpusRow(task="demo", id=ex.id, sample_index=i, question=ex.question,
+                      choices=[list(c) for c in ex.choices], answer=ex.answer, rationale=f"Chain {i} of {ex.id}.",
+                      prediction=ex.answer, correct=True, logprob=-3.5, num_tokens=9, teacher="onnx:teacher",
+                      prompt_version="v1", temperature=1.0, raw=f"Chain {i}. So the answer is ({ex.answer}).",
+                      extra={"split": config.train_split, "seed": 0, "token_logprobs": [-0.5, -3.0]})
+            for ex in examples for i in range(2)]
+    run = _run_dir(tmp_path / "run", config.model_dump())
+    corpus = "".join(r.to_json() + "\n" for r in rows)
+    (run / "corpus.jsonl").write_text(corpus + rows[0].to_json()[:40])  # a line still being written
+    members = _members(run_records.pack(run))
+    packed = members["corpus.jsonl"].decode()
+    assert len(packed.splitlines()) == len(rows)
+    for ex in examples:
+        assert ex.question not in packed and not any(f'"{text}"' in packed for _, text in ex.choices)
+    restored = run_records.with_questions(members, load_examples("demo", config.train_split), "records.tar.gz")
+    assert restored["corpus.jsonl"].decode() == corpus
+
+    unknown = packed.replace(examples[1].id, "not-a-demo-id")
+    with pytest.raises(ScotdError, match="records.tar.gz: corpus.jsonl line 3: question id 'not-a-demo-id'"):
+        run_records.with_questions({**members, "corpus.jsonl": unknown.encode()}, examples, "records.tar.gz")
+
+
+def test_a_run_killed_while_sampling_goes_on_from_its_kept_records(tmp_path, monkeypatch, onnx_student_dir):
+    """The sample stage packs the records while it samples (here after every teacher call) and copies them to
+    `keep_records`; killed before the stage finished, the run goes on in a new folder from that copy without
+    sampling a chain again, and its corpus is the one the killed run wrote."""
+    from scotd_harness import pipeline
+    from scotd_harness.pipeline import PipelineConfig, Run, run_pipeline
+
+    cfg = PipelineConfig.from_dict({"task": "demo", "teacher": f"onnx:{onnx_student_dir}", "n": 2, "train_limit": 2,
+                                    "max_new_tokens": 8, "filters": ["all"]}, source="test")
+    kept = tmp_path / "kept" / "records.tar.gz"
+    kept.parent.mkdir()
+    monkeypatch.setattr(pipeline, "RECORDS_WHILE_SAMPLING_S", 0)
+    pack_records = Run.pack_records
+
+    def killed_after_packing(run):
+        pack_records(run)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "pack_records", killed_after_packing)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, tmp_path / "killed", until="sample", keep_records=kept, say=lambda msg: None)
+    monkeypatch.setattr(Run, "pack_records", pack_records)
+    assert "sample" not in Run(tmp_path / "killed", cfg).state()
+    assert kept.read_bytes() == (tmp_path / "killed" / "records.tar.gz").read_bytes()
+    sampled = (tmp_path / "killed" / "corpus.jsonl").read_bytes()
+    assert len(sampled.splitlines()) == 4
+
+    said = []
+    run = run_pipeline(cfg, tmp_path / "new", until="sample", restore=kept, keep_records=kept, say=said.append)
+    assert (run.root / "corpus.jsonl").read_bytes() == sampled
+    assert run.state()["sample"]["chains"] == 4 and any("restored" in line for line in said)
+    assert any("0 chains written for 0 questions (4 already in the corpus)" in line for line in said), said
+    assert kept.read_bytes() == (run.root / "records.tar.gz").read_bytes()

@@ -1,0 +1,42 @@
+"""bench/chains_curve.py keeps each stage's records beside the repository and goes on from them where its run
+folder is gone: the sampled chains come back as they were, without sampling again, and the archives name no folder
+of the machine that made them."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tarfile
+from pathlib import Path
+
+BENCH = Path(__file__).parents[1] / "bench" / "chains_curve.py"
+
+
+def _chains_curve():
+    spec = importlib.util.spec_from_file_location("chains_curve", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_lost_run_folder_goes_on_from_the_kept_records(tmp_path, monkeypatch, caplog, data_dir, onnx_student_dir):
+    caplog.set_level("INFO", logger="chains_curve")
+    monkeypatch.chdir(tmp_path)  # (the script moves into its run folder; pytest's tmp_path is its parent)
+    exclude = tmp_path / "seen.jsonl"
+    exclude.write_text("")
+    args = ["--teacher", str(onnx_student_dir), "--exclude", str(exclude), "--run-dir", "curve",
+            "--records", "kept", "--questions", "2", "--n", "2", "--max-new-tokens", "8", "--arms", "none"]
+    _chains_curve().main(args)
+    monkeypatch.chdir(tmp_path)
+    corpus = (tmp_path / "curve" / "sample" / "corpus.jsonl").read_bytes()
+    assert len(corpus.splitlines()) == 4
+    archive = tmp_path / "kept" / "sample.tar.gz"
+    with tarfile.open(archive) as tar:
+        packed = b"".join(tar.extractfile(m).read() for m in tar.getmembers())
+    assert str(tmp_path).encode() not in packed and b'"teacher": "onnx:' in packed
+
+    shutil.rmtree(tmp_path / "curve")
+    caplog.clear()
+    _chains_curve().main(args)
+    assert (tmp_path / "curve" / "sample" / "corpus.jsonl").read_bytes() == corpus
+    assert "0 chains written for 0 questions (4 already in the corpus)" in caplog.text
