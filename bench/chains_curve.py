@@ -18,7 +18,7 @@ them where it stopped; each records its finished stages in its stages.json):
    has its figures.
 
 Each stage's records (run_records: the sampled chains without their questions' text, every arm's training record
-and scores, never weights) are kept in --records as STAGE.tar.gz, rewritten as the stage goes (every 10 minutes
+and scores, never weights) are kept in --records (bench/results/TAG_records/) as STAGE.tar.gz, rewritten as the stage goes (every 10 minutes
 while sampling). Where --run-dir is gone (another machine, a lost scratch disk), the same command restores each
 stage from its archive: a restored sample is not sampled again, a scored arm is not trained again. The run
 configs name the teacher and the sampled corpus relative to --run-dir (the script works inside it), so the
@@ -57,9 +57,8 @@ SELECTIONS = {
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--run-dir", default="runs/chains-curve", help="Folder of the sample and arm run directories.")
-    p.add_argument("--records", default=str(RESULTS / "chains_curve_records"),
-                   help="Folder of each stage's records archive, kept as the stage goes and restored from where\n"
-                        "its run directory is gone (default: bench/results/chains_curve_records).")
+    p.add_argument("--records", help="Folder of each stage's records archive, kept as the stage goes and restored\n"
+                                     "from where its run directory is gone (default: bench/results/TAG_records).")
     p.add_argument("--teacher-run", help="A csqa-palm pipeline run: its onnx/ export is the teacher, the corpus of\n"
                                          "its exported student the questions to leave out.")
     p.add_argument("--teacher-student", help="With --teacher-run: this student of the run instead of the one its\n"
@@ -92,8 +91,11 @@ def teacher_of(args) -> tuple[Path, Path | None]:
         if args.teacher_student:
             trained_student(run, student)
         meta = json.loads((run / "students" / student / "scotd.json").read_text())
+        corpus = Path(meta["training"]["corpus"])
+        if not corpus.exists():  # (restored records name it relative to the run, `./corpora/...`)
+            corpus = run / corpus
         if not args.teacher_student:
-            return run / "onnx", Path(meta["training"]["corpus"])
+            return run / "onnx", corpus
         from scotd_harness.export.exporter import export
 
         out = Path(args.run_dir) / "teacher"
@@ -101,7 +103,7 @@ def teacher_of(args) -> tuple[Path, Path | None]:
             fp32 = run / "students" / student / "onnx-fp32"
             export(run / "students" / student, out, quantization="int4", fp32_dir=fp32 if fp32.is_dir() else None,
                    accuracy_sample=0, overwrite=True, progress=lambda msg: log.info("teacher export: %s", msg))
-        return out, Path(meta["training"]["corpus"])
+        return out, corpus
     if not args.teacher:
         raise SystemExit("give --teacher-run RUN, or --teacher EXPORT_DIR (with --exclude CORPUS)")
     return Path(args.teacher), Path(args.exclude) if args.exclude else None
@@ -173,7 +175,6 @@ def run_stage(name: str, config: dict, out: Path, until: str, records: Path) -> 
     started = time.monotonic()
     cfg = PipelineConfig.from_dict(config, source=name)
     archive = records / f"{name}.tar.gz"
-    records.mkdir(parents=True, exist_ok=True)
     run_pipeline(cfg, out, until=until, say=lambda msg: log.info("%s: %s", name, msg),
                  restore=archive if archive.is_file() else None, keep_records=archive)
     log.info("%s: done (%.0f s this call)", name, time.monotonic() - started)
@@ -234,14 +235,28 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     args = parse_args(argv)
+    args.records = args.records or str(RESULTS / f"{args.tag}_records")
     # every folder resolved before the script moves into the run folder, where the stage configs' paths start
     for key in ("run_dir", "records", "teacher_run", "teacher", "exclude"):
         if getattr(args, key):
             setattr(args, key, str(Path(getattr(args, key)).resolve()))
+    if Path(args.student).exists():
+        args.student = str(Path(args.student).resolve())
+    for var in ("SCOTD_DATA_DIR", "SCOTD_CACHE"):
+        if os.environ.get(var):
+            os.environ[var] = str(Path(os.environ[var]).resolve())
     root, records = Path(args.run_dir), Path(args.records)
     root.mkdir(parents=True, exist_ok=True)
-    teacher, exclude = teacher_of(args)
+    teacher, exclude = (p.resolve() if p else p for p in teacher_of(args))
+    started_in = os.getcwd()
     os.chdir(root)
+    try:
+        run_study(args, root, records, teacher, exclude)
+    finally:
+        os.chdir(started_in)
+
+
+def run_study(args, root: Path, records: Path, teacher: Path, exclude: Path | None) -> None:
     run_stage("sample", sample_config(args, teacher, exclude, root), root / "sample", "sample", records)
     corpus = root / "sample" / "corpus.jsonl"
     wanted = set(args.arms.split(",")) if args.arms else None

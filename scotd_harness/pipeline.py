@@ -507,8 +507,13 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, from_stage: str | 
     if from_stage and until and stages.index(until) < stages.index(from_stage):
         raise ScotdError(f"--until {until} comes before --from {from_stage}: nothing would run")
     records = run_records.read(restore, cfg.model_dump(), config_differences) if restore is not None else None
-    if records is not None and "corpus.jsonl" in records and not (Path(out) / "corpus.jsonl").exists():
-        records = run_records.with_questions(records, _examples_of(cfg, cfg.train_split, None), str(restore))
+    if records is not None:
+        lacking = run_records.behind(records, out)
+        if lacking:
+            raise ScotdError(f"{out} is behind the records of {restore} ({'; '.join(lacking)}): going on from it "
+                             "would pack its records over theirs; move it aside, or use another --out")
+        if "corpus.jsonl" in records and not (Path(out) / "corpus.jsonl").exists():
+            records = run_records.with_questions(records, _examples_of(cfg, cfg.train_split, None), str(restore))
     run = Run(out, cfg)
     run.score_as_trained = score_as_trained
     run.keep_records = Path(keep_records) if keep_records is not None else None
@@ -593,7 +598,10 @@ def stage_sample(run: Run, say) -> dict:
         """Records while sampling, so a run folder lost hours into the stage keeps its chains (`--restore`)."""
         nonlocal last_pack
         if time.monotonic() - last_pack >= RECORDS_WHILE_SAMPLING_S:
-            run.pack_records()
+            try:
+                run.pack_records()
+            except (OSError, ValueError, ScotdError) as e:  # (a safeguard: hours of sampling go on without it)
+                say(f"  could not pack the records while sampling ({e}); sampling goes on")
             last_pack = time.monotonic()
 
     try:

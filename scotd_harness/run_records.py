@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -44,6 +45,9 @@ RECORDS = (
     "eval/*/*/samples_*.jsonl",
 )
 SAMPLED_CORPUS = ("corpus.jsonl", "corpus.jsonl.meta.json")
+#: the sha256 of the sampled corpus as the run held it: a restore that joins the questions back from other data
+#: (another copy, another normalisation) is refused rather than given chains of questions the teacher never saw
+CORPUS_DIGEST = "corpus.jsonl.sha256"
 
 #: the fields of a logged lm-eval sample that the report reads (eval_samples, report), besides the metric values
 _SAMPLE_FIELDS = ("doc_id", "target", "resps", "filtered_resps", "filter", "metrics")
@@ -51,7 +55,7 @@ _DOC_FIELDS = ("task", "id", "split", "answer")
 
 
 def _is_record(name: str) -> bool:
-    return name in SAMPLED_CORPUS or any(
+    return name in SAMPLED_CORPUS or name == CORPUS_DIGEST or any(
         fnmatch.fnmatchcase(name, pattern) and name.count("/") == pattern.count("/") for pattern in RECORDS)
 
 
@@ -75,24 +79,38 @@ def _slim_sample(rec: dict) -> dict:
     return out
 
 
-def _slim_chain(line: str) -> str:
-    """A sampled chain without its question's text and choices (the data), which `with_questions` puts back."""
-    row = json.loads(line)
-    row.pop("question", None)
-    row.pop("choices", None)
-    return json.dumps(row, ensure_ascii=False) + "\n"
+def _lines(data: str) -> list[str]:
+    """The JSON lines of a file's text, each with its newline: split on "\n" only (a row's text may hold U+2028 and
+    the like, which str.splitlines splits on), blank lines dropped, and a last line without its newline (the
+    sampler may be writing it) left out."""
+    return [line + "\n" for line in data[: data.rfind("\n") + 1].split("\n") if line.strip()]
+
+
+def _corpus_records(path: Path) -> dict[str, bytes]:
+    """A sampled corpus without its questions' text and choices (the data), which `with_questions` puts back,
+    and the digest of the corpus it came from."""
+    lines = _lines(path.read_text(encoding="utf-8"))
+    slim = []
+    for line in lines:
+        row = json.loads(line)
+        row.pop("question", None)
+        row.pop("choices", None)
+        slim.append(json.dumps(row, ensure_ascii=False) + "\n")
+    digest = hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+    return {"corpus.jsonl": "".join(slim).encode("utf-8"), CORPUS_DIGEST: (digest + "\n").encode()}
 
 
 def with_questions(members: dict[str, bytes], examples, source: str) -> dict[str, bytes]:
     """The records with the question text and choices of each sampled chain joined back from `examples` (the
-    run's train split) by id, rebuilt as the sampler writes a row, so the corpus comes back byte for byte."""
+    run's train split) by id, rebuilt as the sampler writes a row; refused unless that gives back, byte for
+    byte, the corpus that was packed."""
     if "corpus.jsonl" not in members:
         return members
     from .corpus import CorpusRow
 
     by_id = {str(ex.id): ex for ex in examples}
     lines = []
-    for lineno, line in enumerate(members["corpus.jsonl"].decode("utf-8").splitlines(), 1):
+    for lineno, line in enumerate(_lines(members["corpus.jsonl"].decode("utf-8")), 1):
         row = json.loads(line)
         ex = by_id.get(str(row.get("id")))
         if ex is None:
@@ -100,7 +118,32 @@ def with_questions(members: dict[str, bytes], examples, source: str) -> dict[str
                              "run's train split of this data; not restoring")
         row["question"], row["choices"] = ex.question, [list(c) for c in ex.choices]
         lines.append(CorpusRow.from_dict(row, f"{source}: corpus.jsonl", lineno).to_json() + "\n")
-    return {**members, "corpus.jsonl": "".join(lines).encode("utf-8")}
+    corpus = "".join(lines).encode("utf-8")
+    digest = members.get(CORPUS_DIGEST, b"").decode().strip()
+    if hashlib.sha256(corpus).hexdigest() != digest:
+        raise ScotdError(f"{source}: the chains joined to this data's questions are not the corpus that was packed "
+                         f"(sha256 {digest or 'missing'}): the data differs from the copy they were sampled on; "
+                         "not restoring")
+    return {**members, "corpus.jsonl": corpus}
+
+
+def behind(members: dict[str, bytes], root: str | os.PathLike) -> list[str]:
+    """What run directory `root` holds less of than the records: chains of the sampled corpus, tuning candidates.
+    `put` keeps the run's own files, and the run then packs its records over the archive's, so going on from a
+    run that is behind its archive would throw the archive's extra findings away."""
+    root = Path(root)
+    out = []
+    corpus = root / "corpus.jsonl"
+    if "corpus.jsonl" in members and corpus.is_file():
+        have, kept = len(_lines(corpus.read_text(encoding="utf-8"))), len(_lines(members["corpus.jsonl"].decode()))
+        if have < kept:
+            out.append(f"corpus.jsonl holds {have} chains, the records {kept}")
+    scores = root / "tune" / "scores.json"
+    if "tune/scores.json" in members and scores.is_file():
+        missing = set(json.loads(members["tune/scores.json"])) - set(json.loads(scores.read_text(encoding="utf-8")))
+        if missing:
+            out.append(f"tune/scores.json lacks the candidates {', '.join(sorted(missing))}")
+    return out
 
 
 def _path_pattern(folders: list[str], relative: str | None = None) -> re.Pattern:
@@ -126,11 +169,8 @@ def _relative_paths(value, rewrites: list[tuple[re.Pattern, str]]):
 
 
 def _packed(path: Path, name: str, rewrites: list[tuple[re.Pattern, str]]) -> bytes:
-    if name == "corpus.jsonl":  # complete lines only: the sampler may be appending to it (stage_sample)
-        text = path.read_text(encoding="utf-8")
-        return "".join(_slim_chain(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()).encode()
     if name.startswith("eval/") and name.endswith(".jsonl"):
-        lines = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        lines = (json.loads(line) for line in _lines(path.read_text(encoding="utf-8")))
         return "".join(json.dumps(_slim_sample(rec), ensure_ascii=False) + "\n" for rec in lines).encode()
     if name.endswith(".json") and name != "config.json":  # (the config is compared as written)
         data = _relative_paths(json.loads(path.read_text(encoding="utf-8")), rewrites)
@@ -154,10 +194,11 @@ def pack(root: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in record_files(root):
             name = path.relative_to(root).as_posix()
-            data = _packed(path, name, rewrites)
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, 0
-            tar.addfile(info, io.BytesIO(data))
+            packed = _corpus_records(path) if name == "corpus.jsonl" else {name: _packed(path, name, rewrites)}
+            for name, data in packed.items():
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), 0o644, 0
+                tar.addfile(info, io.BytesIO(data))
     with atomic.atomic_open(out, "wb") as f:
         f.write(gzip.compress(buffer.getvalue(), compresslevel=9, mtime=0))
     return out
@@ -200,7 +241,7 @@ def put(members: dict[str, bytes], root: str | os.PathLike) -> list[str]:
     written = []
     for name, data in sorted(members.items()):
         target = root / name
-        if target.exists():
+        if name == CORPUS_DIGEST or target.exists():  # (the digest is checked by with_questions, not kept)
             continue
         with atomic.atomic_open(target, "wb") as f:
             f.write(data)

@@ -152,27 +152,36 @@ def test_a_refused_restore_leaves_the_run_directory_as_it_was(tmp_path):
     shutil.rmtree(tmp_path / "old")
 
 
+def _sampled_rows(examples, chains: int = 2):
+    from scotd_harness.corpus import CorpusRow
+
+    # (U+2028 in a chain: a line separator to str.splitlines, not to JSON lines)
+    return [CorpusRow(task="demo", id=ex.id, sample_index=i, question=ex.question,
+                      choices=[list(c) for c in ex.choices], answer=ex.answer, rationale=f"Chain {i}\u2028of {ex.id}.",
+                      prediction=ex.answer, correct=True, logprob=-3.5, num_tokens=9, teacher="onnx:teacher",
+                      prompt_version="v1", temperature=1.0, raw=f"Chain {i}. So the answer is ({ex.answer}).",
+                      extra={"split": "train", "seed": 0, "token_logprobs": [-0.5, -3.0]})
+            for ex in examples for i in range(chains)]
+
+
 def test_a_sampled_corpus_is_restored_byte_for_byte_from_records_without_its_questions(tmp_path):
     """A sampled chain's question text and choices are data: the records leave them out, and a restore joins them
     back from the run's train split by id, giving the corpus the sampler wrote. A line the sampler is still
-    writing is left out; a chain of a question the data lacks is refused, naming the line."""
-    from scotd_harness.corpus import CorpusRow
+    writing is left out; a chain of a question the data lacks, or data whose questions differ from those the
+    chains were sampled on, is refused."""
+    from dataclasses import replace
+
     from scotd_harness.datasets import load_examples
 
     config = load_config(None)  # the demo run samples its teacher on the built-in demo questions
     examples = load_examples("demo", config.train_split)[:3]
-    rows = [CorpusRow(task="demo", id=ex.id, sample_index=i, question=ex.question,
-                      choices=[list(c) for c in ex.choices], answer=ex.answer, rationale=f"Chain {i} of {ex.id}.",
-                      prediction=ex.answer, correct=True, logprob=-3.5, num_tokens=9, teacher="onnx:teacher",
-                      prompt_version="v1", temperature=1.0, raw=f"Chain {i}. So the answer is ({ex.answer}).",
-                      extra={"split": config.train_split, "seed": 0, "token_logprobs": [-0.5, -3.0]})
-            for ex in examples for i in range(2)]
+    rows = _sampled_rows(examples)
     run = _run_dir(tmp_path / "run", config.model_dump())
     corpus = "".join(r.to_json() + "\n" for r in rows)
     (run / "corpus.jsonl").write_text(corpus + rows[0].to_json()[:40])  # a line still being written
     members = _members(run_records.pack(run))
     packed = members["corpus.jsonl"].decode()
-    assert len(packed.splitlines()) == len(rows)
+    assert len(packed.split("\n")) == len(rows) + 1
     for ex in examples:
         assert ex.question not in packed and not any(f'"{text}"' in packed for _, text in ex.choices)
     restored = run_records.with_questions(members, load_examples("demo", config.train_split), "records.tar.gz")
@@ -181,19 +190,26 @@ def test_a_sampled_corpus_is_restored_byte_for_byte_from_records_without_its_que
     unknown = packed.replace(examples[1].id, "not-a-demo-id")
     with pytest.raises(ScotdError, match="records.tar.gz: corpus.jsonl line 3: question id 'not-a-demo-id'"):
         run_records.with_questions({**members, "corpus.jsonl": unknown.encode()}, examples, "records.tar.gz")
+    edited = [replace(examples[0], question=examples[0].question + " (edited)"), *examples[1:]]
+    with pytest.raises(ScotdError, match="the data differs from the copy they were sampled on"):
+        run_records.with_questions(members, edited, "records.tar.gz")
 
 
 def test_a_run_killed_while_sampling_goes_on_from_its_kept_records(tmp_path, monkeypatch, onnx_student_dir):
-    """The sample stage packs the records while it samples (here after every teacher call) and copies them to
-    `keep_records`; killed before the stage finished, the run goes on in a new folder from that copy without
-    sampling a chain again, and its corpus is the one the killed run wrote."""
+    """The sample stage packs the records while it samples (here after every teacher call, one question each)
+    and copies them to `keep_records`; killed after its first call, the run goes on in a new folder from that
+    copy, samples only the chains it lacks, and ends with the corpus of an uninterrupted run."""
     from scotd_harness import pipeline
     from scotd_harness.pipeline import PipelineConfig, Run, run_pipeline
+    from scotd_harness.teacher.onnx_backend import OnnxTeacher
 
     cfg = PipelineConfig.from_dict({"task": "demo", "teacher": f"onnx:{onnx_student_dir}", "n": 2, "train_limit": 2,
                                     "max_new_tokens": 8, "filters": ["all"]}, source="test")
+    monkeypatch.setattr(OnnxTeacher, "questions_per_call", lambda self, n: 1)
+    whole = run_pipeline(cfg, tmp_path / "whole", until="sample", say=lambda msg: None).corpus.read_bytes()
+    assert len(whole.splitlines()) == 4
+
     kept = tmp_path / "kept" / "records.tar.gz"
-    kept.parent.mkdir()
     monkeypatch.setattr(pipeline, "RECORDS_WHILE_SAMPLING_S", 0)
     pack_records = Run.pack_records
 
@@ -207,12 +223,17 @@ def test_a_run_killed_while_sampling_goes_on_from_its_kept_records(tmp_path, mon
     monkeypatch.setattr(Run, "pack_records", pack_records)
     assert "sample" not in Run(tmp_path / "killed", cfg).state()
     assert kept.read_bytes() == (tmp_path / "killed" / "records.tar.gz").read_bytes()
-    sampled = (tmp_path / "killed" / "corpus.jsonl").read_bytes()
-    assert len(sampled.splitlines()) == 4
+    assert (tmp_path / "killed" / "corpus.jsonl").read_bytes() == b"".join(whole.splitlines(keepends=True)[:2])
 
     said = []
     run = run_pipeline(cfg, tmp_path / "new", until="sample", restore=kept, keep_records=kept, say=said.append)
-    assert (run.root / "corpus.jsonl").read_bytes() == sampled
+    assert (run.root / "corpus.jsonl").read_bytes() == whole
+    assert any("2 chains written for 1 questions (2 already in the corpus)" in line for line in said), said
     assert run.state()["sample"]["chains"] == 4 and any("restored" in line for line in said)
-    assert any("0 chains written for 0 questions (4 already in the corpus)" in line for line in said), said
     assert kept.read_bytes() == (run.root / "records.tar.gz").read_bytes()
+
+    # the killed run's folder is behind those records now: going on from it would pack its 2 chains over their 4
+    before = kept.read_bytes()
+    with pytest.raises(ScotdError, match="killed is behind the records of .*corpus.jsonl holds 2 chains, the records 4"):
+        run_pipeline(cfg, tmp_path / "killed", until="sample", restore=kept, keep_records=kept, say=lambda msg: None)
+    assert kept.read_bytes() == before

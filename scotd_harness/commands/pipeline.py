@@ -19,8 +19,8 @@ from ..pipeline import STAGES, load_config, run_pipeline
               help="Write report.md and plots after every stage (see `scotd report`).")
 @click.option("--restore", type=click.Path(exists=True, dir_okay=False),
               help="A records archive (records.tar.gz of a run of the same config, rewritten after every stage) to "
-                   "go on from in a new --out: scored tuning candidates and models are not redone, and a student "
-                   "whose evaluations are all recorded is retrained only if the export needs it.")
+                   "go on from in a new --out: sampled chains, scored tuning candidates and models are not redone, "
+                   "and a student whose evaluations are all recorded is retrained only if the export needs it.")
 @click.option("--score-as-trained", is_flag=True,
               help="Score each student as soon as it is trained (in the train stage) instead of all of them after "
                    "training: a sitting that ends inside the train stage keeps every finished student's scores in "
