@@ -224,6 +224,12 @@ STATS_NOTE = (
     "gets right). FAILED: the most common answer covers more than 50% of the questions (a collapsed run), or the "
     "last dev loss is above 1.5x the best (a diverged run); such a row measures a broken run, not the method.\n")
 
+#: said under the table when it has a vote row: the pipeline picks that student by its greedy score on this split
+SC_NOTE = (
+    "Majority-vote rows (maj@N): the pipeline scores by vote only the SCoTD student with the best greedy accuracy "
+    "on the run's own task, picked on the split shown. Compare its vote with its own greedy row; beside another "
+    "arm, its lead carries that pick.\n")
+
 
 def _plot_accuracy(rows: list[dict], path: Path) -> bool:
     """Bars of every row with their Wilson intervals, each labelled with its accuracy and, for a distilled arm, its
@@ -532,7 +538,9 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
         f"| {name} | {s.get('seconds', '')} | {s.get('finished', '')} |\n" for name, s in run["stages"].items()))
 
     rows = accuracy_rows(run)
-    parts.append("## Accuracy\n\n" + _accuracy_table(rows) + ("\n" + STATS_NOTE if rows else ""))
+    voted = any(r["sampling"] for r in rows)
+    parts.append("## Accuracy\n\n" + _accuracy_table(rows) + ("\n" + STATS_NOTE if rows else "")
+                 + ("\n" + SC_NOTE if voted else ""))
     failed = [r for r in rows if r["failed"]]
     if failed:
         parts.append("**Failed runs** (not evidence about the method): " + "; ".join(

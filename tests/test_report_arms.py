@@ -198,6 +198,7 @@ def test_report_files(arms_run):
     assert "**FAILED**: collapsed: answers d on 100% of 40 questions" in report
     assert "**Failed runs** (not evidence about the method)" in report and "Wilson score interval" in report
     assert "| scotd_csqa_sc | maj@8 (16 chains, T=0.7) | 40 |" in report
+    assert "scores by vote only the SCoTD student with the best greedy accuracy" in report
 
     data = json.loads((arms_run / "report.json").read_text())
     assert data["interval"] == "wilson" and data["paired_test"] == "mcnemar-exact" and data["confidence"] == 0.95
@@ -205,6 +206,17 @@ def test_report_files(arms_run):
         (r["model"], r["task"], r["filter"]) for r in accuracy_rows(load_run(arms_run))]
     png = (arms_run / "accuracy.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+def test_the_vote_note_comes_only_with_a_vote_row(arms_run):
+    shutil.rmtree(arms_run / "eval" / "scotd")
+    _write_eval(arms_run, "scotd", {"scotd_csqa": {"greedy": [_generative_line(i, a) for i, a in
+                                                              enumerate(_answers(SCOTD_RIGHT))]}})
+    res = CliRunner().invoke(cli, ["report", str(arms_run)])
+    assert res.exit_code == 0, res.output
+    report = (arms_run / "report.md").read_text()
+    assert "| student, SCoTD-distilled | scotd_csqa | greedy |" in report and "maj@" not in report
+    assert "scores by vote only" not in report
 
 
 def test_without_samples_the_interval_comes_from_lm_evals_count(arms_run):
