@@ -142,10 +142,30 @@ def _percentiles(values: list[float], qs=(10, 50, 90)) -> dict:
     return out
 
 
+def names_choices(row: CorpusRow) -> tuple[bool, bool]:
+    """(the rationale names the gold answer's text, it names another choice's): as whole words, a plural too, in
+    any case. A rationale that never names its answer leaves the student to guess the letter, which is what sets a
+    useful chain apart from a loose human explanation. A choice inside another (`tree` in `oak tree`) counts for
+    neither."""
+    import re
+
+    text = row.rationale.lower()
+    choices = {letter: str(value).lower().strip() for letter, value in row.choice_pairs if str(value).strip()}
+    gold = choices.get(row.answer or "")
+
+    def named(value: str) -> bool:
+        return re.search(rf"(?<!\w){re.escape(value)}(?:e?s)?(?!\w)", text) is not None
+
+    if gold is None:
+        return False, False
+    others = [v for k, v in choices.items() if k != row.answer and v not in gold and gold not in v]
+    return named(gold), any(named(v) for v in others)
+
+
 def corpus_stats(rows) -> dict:
     """Chains per question, teacher accuracy, unparsed share, rationale length (words, and teacher tokens where
-    recorded) and duplicate share (chains repeating an earlier chain of the same question, after whitespace and
-    case are normalised)."""
+    recorded), duplicate share (chains repeating an earlier chain of the same question, after whitespace and
+    case are normalised) and how often a rationale names the gold answer or another choice (`names_choices`)."""
     from collections import Counter, defaultdict
 
     per_question: Counter = Counter()
@@ -155,9 +175,14 @@ def corpus_stats(rows) -> dict:
     tokens: list[float] = []
     solved: dict[tuple[str, str], bool] = {}
     teachers: Counter = Counter()
-    chains = 0
+    chains = with_answer = names_gold = names_other = 0
     for row in rows:
         chains += 1
+        if row.answer:
+            with_answer += 1
+            gold, other = names_choices(row)
+            names_gold += gold
+            names_other += other
         q = (row.task, row.id)
         per_question[q] += 1
         teachers[row.teacher or "?"] += 1
@@ -183,6 +208,8 @@ def corpus_stats(rows) -> dict:
         "unparsed_share": (unparsed / chains) if chains else None,
         "duplicate_share": (duplicates / chains) if chains else None,
         "rationale_words": _percentiles(words),
+        "names_gold_answer": (names_gold / with_answer) if with_answer else None,
+        "names_another_choice": (names_other / with_answer) if with_answer else None,
         "teacher_tokens": _percentiles(tokens) if tokens else None,
         "teachers": dict(teachers),
     }
@@ -209,6 +236,8 @@ def format_stats(stats: dict) -> str:
         ("unparsed share", pct(stats["unparsed_share"])),
         ("duplicate share", pct(stats["duplicate_share"])),
         ("rationale length (words)", dist(stats["rationale_words"])),
+        ("rationale names gold answer", pct(stats.get("names_gold_answer"))),
+        ("names another choice", pct(stats.get("names_another_choice"))),
         ("chain length (teacher tokens)", dist(stats["teacher_tokens"])),
         ("teachers", ", ".join(f"{k} ({v})" for k, v in stats["teachers"].items()) or "n/a"),
     ]

@@ -306,6 +306,41 @@ def _corpus_kept(run: dict) -> dict:
             "distinct_per_question": sum(map(len, by_question.values())) / questions if questions else None}
 
 
+def training_corpora(run: dict) -> list[dict]:
+    """What each corpus of a run with several arms or sizes holds (`chains` is corpus.filtered.jsonl, the others
+    corpora/<stem>.jsonl): its size, rationale length and how often a rationale names the gold answer or another
+    choice, which tells a rationale that leads to its answer from one the student cannot follow to a letter."""
+    from .corpus import corpus_stats, read_corpus
+
+    root = run["root"]
+    if not (root / "corpora").is_dir():
+        return []
+    files = [("chains", root / "corpus.filtered.jsonl"),
+             *((p.stem, p) for p in sorted((root / "corpora").glob("*.jsonl")))]
+    out = []
+    for stem, path in files:
+        if not path.is_file():
+            continue
+        stats = corpus_stats(read_corpus(path))
+        out.append({"corpus": stem, "questions": stats["questions"], "targets": stats["chains"],
+                    "words_median": stats["rationale_words"]["p50"], "names_gold_answer": stats["names_gold_answer"],
+                    "names_another_choice": stats["names_another_choice"]})
+    return out
+
+
+def _training_corpora_section(corpora: list[dict]) -> str:
+    lines = ["## Training corpora\n",
+             ("| corpus | questions | targets | rationale words (median) | names the gold answer % | "
+              "names another choice % |"), "|---|---:|---:|---:|---:|---:|"]
+    for c in corpora:
+        lines.append(f"| {c['corpus']} | {c['questions']} | {c['targets']} | {c['words_median'] or ''} | "
+                     f"{_pct(c['names_gold_answer'])} | {_pct(c['names_another_choice'])} |")
+    return "\n".join(lines) + (
+        "\n\nA student trains on the corpus of its arm and size (`scotd_2k` on `chains_2k`, `cose` on `cose`); "
+        "label-only students read the chains corpus of their size for its questions and gold answers alone. A "
+        "rationale names a choice when the choice's text appears in it as whole words (a plural too), in any case.\n")
+
+
 def _sweep_section(rows: list[dict], path: Path) -> str:
     """Accuracy against chains per question, a line per filter (the plot), then the selection arms' table."""
     curve = sorted((r for r in rows if r["curve"]), key=lambda r: (r["filters"], r["n"]))
@@ -569,6 +604,10 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
             parts.append(f"After filtering: {filtered['chains_kept']} of {filtered['chains_in']} chains, "
                          f"{filtered['questions_kept']} questions.\n")
 
+    corpora = training_corpora(run)
+    if corpora:
+        parts.append(_training_corpora_section(corpora))
+
     infer = run["stages"].get("infer")
     onnx_meta = out / "onnx" / "scotd.json"
     if infer or onnx_meta.is_file():
@@ -596,7 +635,7 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
     atomic.write_json(out / "report.json", {
         "run": out.name, "config": cfg, "stages": run["stages"], "confidence": CONFIDENCE,
         "interval": "wilson", "paired_test": "mcnemar-exact", "arms": rows, "sweep": swept,
-        "tune": tune})  # (while the stage runs too: every candidate scored so far, so a lost run keeps its record)
+        "tune": tune, "training_corpora": corpora})  # (while the stage runs too: every candidate scored so far, so a lost run keeps its record)
     path = out / "report.md"
     atomic.write_text(path, "\n".join(parts))
     return path

@@ -9,7 +9,14 @@ from click.testing import CliRunner
 
 from scotd_harness import formats
 from scotd_harness.cli import cli
-from scotd_harness.corpus import CorpusRow, corpus_stats, format_stats, read_corpus, write_corpus
+from scotd_harness.corpus import (
+    CorpusRow,
+    corpus_stats,
+    format_stats,
+    names_choices,
+    read_corpus,
+    write_corpus,
+)
 from scotd_harness.corpus_filters import FILTERS, MiniLMEmbedder, OpenEnded, apply_filters, get_filter
 from scotd_harness.corpus_import import import_distilling_step_by_step, import_scotd_release, parse_prompt_question
 from scotd_harness.errors import ScotdError
@@ -146,8 +153,27 @@ def test_stats(rows):
     assert s["unparsed_share"] == pytest.approx(1 / 6)
     assert s["duplicate_share"] == pytest.approx(1 / 6)  # q2's second "grass is green"
     assert s["rationale_words"]["max"] == 7 and s["teacher_tokens"]["p50"] == 4
+    # gold named: both "red" chains of q1 and both "green" ones of q2; "the sky is blue" names another choice
+    assert s["names_gold_answer"] == pytest.approx(4 / 6) and s["names_another_choice"] == pytest.approx(1 / 6)
     table = format_stats(s)
     assert "teacher accuracy" in table and "66.7%" in table
+    assert "rationale names gold answer     66.7%" in table and "names another choice            16.7%" in table
+
+
+@pytest.mark.parametrize("rationale, answer, expected", [
+    ("Parks have benches", "c", (True, False)),  # any case, a plural
+    ("the parking lot", "c", (False, False)),  # inside a longer word: not named
+    ("an oak tree grows", "b", (True, False)),  # `tree` is inside the gold `oak tree`: it counts for neither
+    ("a tree in the park", "c", (True, True)),
+    ("learn c++ daily", "d", (True, False)),  # a choice with regex characters
+    ("", "a", (False, False)),
+])
+def test_names_choices(rationale, answer, expected):
+    choices = [["a", "tree"], ["b", "oak tree"], ["c", "park"], ["d", "C++"]]
+    r = CorpusRow(task="csqa", id="q", sample_index=0, question="q?", choices=choices, answer=answer,
+                  rationale=rationale, prediction=answer, correct=True, logprob=None, num_tokens=None, teacher="t",
+                  prompt_version="v", temperature=None)
+    assert names_choices(r) == expected
 
 
 def test_write_and_read_corpus_tolerates_torn_tail(tmp_path, rows):
@@ -183,7 +209,7 @@ def test_import_scotd_release_joined(fixtures_dir, data_dir):
 
 
 def test_import_scotd_release_standalone(fixtures_dir):
-    rows, report = import_scotd_release(fixtures_dir / "scotd_release_sample.json", "csqa", "train")
+    rows, _report = import_scotd_release(fixtures_dir / "scotd_release_sample.json", "csqa", "train")
     assert rows[0].id == "csqa-train-0" and rows[0].answer is None
     assert rows[0].question.startswith("The sanctions against the school")
     assert rows[0].choices[0] == ["a", "ignore"] and len(rows[0].choices) == 5
@@ -204,7 +230,7 @@ def test_import_distilling_step_by_step(data_dir):
     first = rows[0]
     assert first.id == "6b819727eb8a670df26a7ffad036c119" and first.prediction == "d" and first.correct
     assert first.rationale.endswith("has to do with the above problem.")
-    dev, dev_report = import_distilling_step_by_step(data_dir, "test")
+    dev, _dev_report = import_distilling_step_by_step(data_dir, "test")
     assert len(dev) == 1221 and dev[0].extra["split"] == "validation"
 
 
@@ -220,6 +246,8 @@ def test_cli_import_stats_filter(tmp_path, fixtures_dir, data_dir):
     assert json.loads(res.output)["chains"] == 5
     res = runner.invoke(cli, ["corpus", "stats", str(out)])
     assert "duplicate share" in res.output and "20.0%" in res.output
+    # the release carries no gold labels, so there is no gold answer to look for
+    assert "rationale names gold answer     n/a" in res.output
     filtered = tmp_path / "f.jsonl"
     res = runner.invoke(cli, ["corpus", "filter", str(out), "--out", str(filtered), "-f", "correct",
                               "-f", "random-k:1"])

@@ -219,6 +219,30 @@ def test_the_vote_note_comes_only_with_a_vote_row(arms_run):
     assert "scores by vote only" not in report
 
 
+def test_the_training_corpora_table(arms_run):
+    from scotd_harness.corpus import CorpusRow, write_corpus
+
+    def corpus(rationales: list[str]) -> list[CorpusRow]:
+        return [CorpusRow(task="csqa", id=f"q{i}", sample_index=0, question=f"Question {i}?",
+                          choices=_doc(i)["choices"], answer=GOLD[i], rationale=r, prediction=GOLD[i], correct=True,
+                          logprob=None, num_tokens=None, teacher="t", prompt_version="v", temperature=None)
+                for i, r in enumerate(rationales)]
+
+    # chains: 3 of 4 name their gold answer's text, one names another choice too (median 5 words); cose: 1 of 4 (2)
+    chains = [f"it is {_doc(0)['choices'][0][1]} here", f"so {_doc(1)['choices'][1][1]}, not {_doc(1)['choices'][0][1]}",
+              f"clearly {_doc(2)['choices'][2][1]}", "no idea"]
+    write_corpus(corpus(chains), arms_run / "corpus.filtered.jsonl")
+    (arms_run / "corpora").mkdir()
+    write_corpus(corpus([_doc(0)["choices"][0][1], "a website", "words", "x y"]), arms_run / "corpora" / "cose.jsonl")
+    res = CliRunner().invoke(cli, ["report", str(arms_run)])
+    assert res.exit_code == 0, res.output
+    report = (arms_run / "report.md").read_text()
+    assert "| chains | 4 | 4 | 5 | 75.0 | 25.0 |" in report
+    assert "| cose | 4 | 4 | 2 | 25.0 | 0.0 |" in report
+    data = json.loads((arms_run / "report.json").read_text())
+    assert [c["corpus"] for c in data["training_corpora"]] == ["chains", "cose"]
+
+
 def test_without_samples_the_interval_comes_from_lm_evals_count(arms_run):
     shutil.rmtree(arms_run / "eval")
     _write_eval(arms_run, "scotd", {"scotd_csqa": {"greedy": [_generative_line(i, a) for i, a in
