@@ -246,8 +246,8 @@ def test_cli_import_stats_filter(tmp_path, fixtures_dir, data_dir):
     assert json.loads(res.output)["chains"] == 5
     res = runner.invoke(cli, ["corpus", "stats", str(out)])
     assert "duplicate share" in res.output and "20.0%" in res.output
-    # the release carries no gold labels, so there is no gold answer to look for
-    assert "rationale names gold answer     n/a" in res.output
+    # gold answers joined from the data: "...only ignore fits." twice and "...the closest is populated areas."
+    assert "rationale names gold answer     60.0%" in res.output
     filtered = tmp_path / "f.jsonl"
     res = runner.invoke(cli, ["corpus", "filter", str(out), "--out", str(filtered), "-f", "correct",
                               "-f", "random-k:1"])
