@@ -178,7 +178,7 @@ def corpus_stats(rows) -> dict:
     chains = with_answer = names_gold = names_other = 0
     for row in rows:
         chains += 1
-        if row.answer:
+        if row.answer and row.answer in dict(row.choice_pairs):  # (a gold label with its text to look for)
             with_answer += 1
             gold, other = names_choices(row)
             names_gold += gold
