@@ -100,6 +100,7 @@ def accuracy_rows(run: dict) -> list[dict]:
             rows.extend(_rows_of(run, model, results, folder_outcomes, losses))
     for row in rows:
         row["vs_label_only"] = _paired_with_label_only(row, rows, outcomes_by_model)
+        row["vs_cose"] = _paired_with_cose(row, rows, outcomes_by_model)
     return rows
 
 
@@ -182,15 +183,47 @@ def _paired_with_label_only(row: dict, rows: list[dict], outcomes_by_model: dict
     others.sort(key=lambda r: not r["task"].endswith("_direct"))  # its own decoding (direct) first, stable otherwise
     if not others:
         return None
+    paired = _paired(row, others[0], outcomes_by_model)
+    return paired and {"against": paired["against"], "n": paired["n"], "arm_only": paired["only_a"],
+                       "label_only_only": paired["only_b"], "difference": paired["difference"],
+                       "p_value": paired["p_value"]}
+
+
+def _paired_with_cose(row: dict, rows: list[dict], outcomes_by_model: dict) -> dict | None:
+    """McNemar's exact test of a SCoTD student's greedy row against the CoS-E student of its size (`scotd_2k` with
+    `cose_2k`) on the same task, filter and questions: whether the teacher's chains teach more than human
+    explanations, asked directly rather than through a label-only baseline that may have failed."""
+    if not row["model"].startswith("scotd") or row["sampling"]:
+        return None
+    cose = "cose" + row["model"].removeprefix("scotd")
+    other = next((r for r in rows if r["model"] == cose and (r["task"], r["filter"]) == (row["task"], row["filter"])),
+                 None)
+    return _paired(row, other, outcomes_by_model) if other else None
+
+
+def _paired(row: dict, other: dict, outcomes_by_model: dict) -> dict | None:
+    """McNemar's exact test of two rows on the questions both answered (None without logged samples)."""
     mine = outcomes_by_model[row["model"]].get((row["task"], row["filter"]))
-    theirs = outcomes_by_model[baseline].get((others[0]["task"], others[0]["filter"]))
+    theirs = outcomes_by_model[other["model"]].get((other["task"], other["filter"]))
     common = [q for q in mine if q in theirs] if mine and theirs else []
     if not common:
         return None
     paired = mcnemar([mine[q].correct for q in common], [theirs[q].correct for q in common])
-    return {"against": f"{baseline} {others[0]['task']} {others[0]['filter']}", "n": paired.n,
-            "arm_only": paired.only_a, "label_only_only": paired.only_b, "difference": paired.difference,
+    return {"against": f"{other['model']} {other['task']} {other['filter']}", "n": paired.n,
+            "only_a": paired.only_a, "only_b": paired.only_b, "difference": paired.difference,
             "p_value": paired.p_value}
+
+
+def _vs_cose_section(rows: list[dict]) -> str:
+    lines = ["## The teacher's chains against human explanations\n",
+             ("| student | task | n | SCoTD right, CoS-E wrong | CoS-E right, SCoTD wrong | difference (pts) | "
+              "McNemar p |"), "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        vs = r["vs_cose"]
+        lines.append(f"| {r['model']} against {vs['against'].split()[0]} | {r['task']} | {vs['n']} | {vs['only_a']} | "
+                     f"{vs['only_b']} | {100 * vs['difference']:+.1f} | {_p(vs['p_value'])} |")
+    return "\n".join(lines) + ("\n\nEach SCoTD student against the CoS-E student trained on the same questions, on "
+                               "the questions both answered (McNemar's exact test, two-sided).\n")
 
 
 def _pct(x) -> str:
@@ -582,6 +615,9 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
             f"{r['label']} on {r['task']} {r['filter']}: {', '.join(r['flags'])}" for r in failed) + ".\n")
     if _plot_accuracy(rows, out / "accuracy.png"):
         parts.append("![accuracy](accuracy.png)\n")
+    against_cose = [r for r in rows if r["vs_cose"]]
+    if against_cose:
+        parts.append(_vs_cose_section(against_cose))
 
     students = student_rows(run)
     if students:

@@ -199,6 +199,12 @@ def test_report_files(arms_run):
     assert "**Failed runs** (not evidence about the method)" in report and "Wilson score interval" in report
     assert "| scotd_csqa_sc | maj@8 (16 chains, T=0.7) | 40 |" in report
     assert "scores by vote only the SCoTD student with the best greedy accuracy" in report
+    # the teacher's chains against the human explanations: cose answered d everywhere, right on every fifth question
+    cose_right = {i for i in range(N) if GOLD[i] == "d"}
+    only_scotd, only_cose = len(SCOTD_RIGHT - cose_right), len(cose_right - SCOTD_RIGHT)
+    assert (f"| scotd against cose | scotd_csqa | {N} | {only_scotd} | {only_cose} | "
+            f"{100 * (only_scotd - only_cose) / N:+.1f} | {_exact_two_sided(only_scotd, only_cose):.1e} |") in report  # (p < 0.001)
+    assert report.count(" against cose |") == 1  # greedy only: the vote rows are not paired
 
     data = json.loads((arms_run / "report.json").read_text())
     assert data["interval"] == "wilson" and data["paired_test"] == "mcnemar-exact" and data["confidence"] == 0.95
