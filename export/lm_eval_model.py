@@ -7,17 +7,30 @@ A thin adapter: all decoding is `runtime.OnnxStudent`'s. Requests come back in i
 - `loglikelihood`: context/continuation split the way lm-eval's `hf` model splits them (trailing context spaces
   move to the continuation), scored with a numpy log-softmax.
 
+Sampled chains are seeded from the model's `seed` (or the request's), the context and the chain index, never from
+the order requests arrive in: the same question gets the same chains whether it is asked alone, in another batch or
+after a resume. `cache=FILE` makes a long generation job resumable: every finished generation is appended to FILE
+(JSON lines) and a rerun answers those requests from it, so a killed self-consistency run over thousands of chains
+loses at most one batch. Entries are keyed by the export (its scotd.json), the context, the decoding settings and
+the chain index, so a file left by another model or other settings is never read as this one's.
+
 Encoding follows `hf` for causal LMs: no special tokens added (the exported `scotd.json` records it).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+from pathlib import Path
 
 import onnxruntime as ort
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
+
+from scotd_harness.seeding import derive_seed
 
 from .runtime import GenerationConfig, OnnxStudent
 
@@ -35,6 +48,7 @@ class ScotdOnnxLM(LM):
         max_gen_toks: int = 256,
         seed: int = 1234,
         prompt_lookup: int | None = None,
+        cache: str | None = None,
         **kwargs,
     ):
         super().__init__()
@@ -50,7 +64,7 @@ class ScotdOnnxLM(LM):
         self.seed = int(seed)
         #: draft tokens for prompt-lookup decoding of greedy chains (None: the runtime's default, 0: off)
         self.prompt_lookup = None if prompt_lookup in (None, "", "None") else int(prompt_lookup)
-        self._calls = 0
+        self.cache = GenerationCache(Path(cache), _fingerprint(pretrained)) if cache not in (None, "", "None") else None
 
     # ------------------------------------------------------------------------------------------- loglikelihood
     def _split(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -83,7 +97,7 @@ class ScotdOnnxLM(LM):
         return results
 
     # ------------------------------------------------------------------------------------------- generation
-    def _config(self, gen_kwargs: dict) -> GenerationConfig:
+    def _config(self, context: str, gen_kwargs: dict) -> GenerationConfig:
         kwargs = dict(gen_kwargs)  # shared between requests: never mutate the caller's dict
         until = kwargs.pop("until", None)
         if isinstance(until, str):
@@ -94,14 +108,15 @@ class ScotdOnnxLM(LM):
             temperature = 0.0
         elif temperature == 0.0:
             temperature = 1.0
-        self._calls += 1
+        # one seed per context: the runtime derives chain j's sampler from it and j (seeding.row_seed)
+        base_seed = int(kwargs.pop("seed", self.seed))
         return GenerationConfig(
             max_new_tokens=int(kwargs.pop("max_gen_toks", self.max_gen_toks)),
             temperature=temperature,
             top_p=float(kwargs.pop("top_p", 1.0) or 1.0),
             top_k=int(kwargs.pop("top_k", 0) or 0),
             stop=tuple(until or ()),
-            seed=int(kwargs.pop("seed", self.seed + self._calls)),
+            seed=derive_seed("lm-eval context", base_seed, context) if temperature > 0 else None,
             prompt_lookup=self.prompt_lookup,
         )
 
@@ -115,9 +130,24 @@ class ScotdOnnxLM(LM):
             groups.setdefault(key, []).append(i)
         greedy, sampled = [], []
         for key, idx in groups.items():
-            config = self._config(requests[idx[0]].args[1])
+            config = self._config(key[0], requests[idx[0]].args[1])
             (sampled if config.temperature > 0 else greedy).append((key[0], config, idx))
         bar = tqdm(total=len(requests), disable=disable_tqdm, desc="scotd-onnx generate_until")
+        cache = self.cache
+
+        def done(context, config, chain, idx, text):
+            for i in idx:
+                out[i] = text
+            bar.update(len(idx))
+            if cache is not None:
+                cache.put(context, config, chain, text)
+
+        if cache is not None:  # answer what an earlier, interrupted run finished; decode the rest
+            for context, config, idx in greedy:
+                text = cache.get(context, config, 0)
+                if text is not None:
+                    out[idx[0]] = text
+            greedy = [g for g in greedy if out[g[2][0]] is None]
         # greedy: batch prompts of similar length that share a config
         greedy.sort(key=lambda g: (repr(g[1]), len(g[0])))
         for start in range(0, len(greedy), self.batch_size):
@@ -127,17 +157,78 @@ class ScotdOnnxLM(LM):
                 by_config.setdefault(item[1], []).append(item)
             for config, items in by_config.items():
                 gens = self.student.generate([c for c, _, _ in items], config)
-                for (_, _, idx), gen in zip(items, gens):
-                    for i in idx:
-                        out[i] = gen.text
-                    bar.update(len(idx))
+                for (context, _, idx), gen in zip(items, gens):
+                    done(context, config, 0, idx, gen.text)
+            if cache is not None:
+                cache.flush()
         for context, config, idx in sampled:
             for start in range(0, len(idx), max(self.batch_size, 1)):
                 part = idx[start : start + self.batch_size]
-                # first_chain: each part continues the chain numbering, so a seeded config never repeats a chain
+                cached = [cache.get(context, config, start + j) for j in range(len(part))] if cache else [None]
+                if all(text is not None for text in cached):
+                    for i, text in zip(part, cached):
+                        out[i] = text
+                    bar.update(len(part))
+                    continue
+                # first_chain: each part continues the chain numbering, so no part repeats another's chains
                 gens = self.student.sample_n([context], len(part), config, first_chain=start)[0]
-                for i, gen in zip(part, gens):
-                    out[i] = gen.text
-                bar.update(len(part))
+                for j, (i, gen) in enumerate(zip(part, gens)):
+                    done(context, config, start + j, [i], gen.text)
+                if cache is not None:
+                    cache.flush()
         bar.close()
         return out
+
+
+def _fingerprint(pretrained: str) -> str:
+    """What identifies the exported model in cache keys: its scotd.json (the student's checksum, dtype and
+    quantisation), or the path where there is none."""
+    meta = Path(pretrained) / "scotd.json"
+    blob = meta.read_bytes() if meta.is_file() else str(Path(pretrained).resolve()).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class GenerationCache:
+    """Append-only JSON lines of finished generations, so a killed evaluation resumes where it stopped.
+
+    Each line is {"key", "text"}; the key hashes the model fingerprint, the context, the decoding settings (seed
+    included) and the chain index. A line cut short by a kill is dropped on open (the file is truncated to its last
+    complete line, so the next append starts clean)."""
+
+    def __init__(self, path: Path, fingerprint: str):
+        self.path, self.fingerprint = path, fingerprint
+        self.entries: dict[str, str] = {}
+        if path.is_file():
+            data = path.read_bytes()
+            complete = data[: data.rfind(b"\n") + 1]
+            for line in complete.decode("utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                    self.entries[row["key"]] = row["text"]
+                except (ValueError, KeyError, TypeError):
+                    log.warning("scotd-onnx: skipping an unreadable line of the generation cache %s", path)
+            if len(complete) < len(data):
+                with open(path, "r+b") as f:
+                    f.truncate(len(complete))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # open for the model's lifetime: lm-eval calls generate_until several times (once per request type)
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def key(self, context: str, config: GenerationConfig, chain: int) -> str:
+        settings = repr((config.max_new_tokens, config.temperature, config.top_p, config.top_k, config.stop,
+                         config.seed, config.prompt_lookup if config.temperature == 0 else None))
+        blob = json.dumps([self.fingerprint, context, settings, chain], ensure_ascii=True)
+        return hashlib.sha256(blob.encode("ascii")).hexdigest()
+
+    def get(self, context: str, config: GenerationConfig, chain: int) -> str | None:
+        return self.entries.get(self.key(context, config, chain))
+
+    def put(self, context: str, config: GenerationConfig, chain: int, text: str) -> None:
+        key = self.key(context, config, chain)
+        self.entries[key] = text
+        self._file.write(json.dumps({"key": key, "text": text}, ensure_ascii=False) + "\n")
+
+    def flush(self) -> None:
+        """After each batch: what was decoded survives a kill of the process (or of the machine)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())

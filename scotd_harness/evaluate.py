@@ -22,6 +22,8 @@ from .errors import ScotdError
 log = logging.getLogger(__name__)
 
 MODEL_TYPES = ("hf", "scotd-onnx")
+#: (in the output folder) the scotd-onnx generations finished so far; removed once results.json is written
+GENERATION_CACHE = "generations.partial.jsonl"
 #: Self-consistency tasks report maj@8 (a vote over the first 8 chains), so they need at least 8.
 MIN_SC_SAMPLES = 8
 
@@ -132,6 +134,13 @@ def evaluate(
                 task.set_config(key="repeats", value=sc_samples)
         selected = list(loaded.values())
 
+    out = Path(output_dir) if output_dir is not None else default_output_dir(model)
+    model_args = {"pretrained": pretrained}
+    cache = out / GENERATION_CACHE
+    if model_type == "scotd-onnx":
+        # the seed of the sampled chains (lm-eval's seeds reach torch and numpy, not this model), and a file of
+        # finished generations: a killed evaluation rerun into the same folder decodes only what is missing
+        model_args.update(seed=seed, cache=str(cache))
     if device is None and model_type == "hf":
         # lm-eval's HFLM assumes cuda when no device is given, which fails on a CPU-only torch
         import torch
@@ -139,7 +148,7 @@ def evaluate(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     results = lm_eval.simple_evaluate(
         model=model_type,
-        model_args={"pretrained": pretrained},
+        model_args=model_args,
         tasks=selected,
         limit=limit,
         batch_size=batch_size,
@@ -168,7 +177,6 @@ def evaluate(
         "max_gen_toks": max_gen_toks,
     }
     table = _table(results, make_table)
-    out = Path(output_dir) if output_dir is not None else default_output_dir(model)
     out.mkdir(parents=True, exist_ok=True)
     # results.json last: its presence says the evaluation finished (the pipeline resumes on it)
     if samples:
@@ -177,6 +185,7 @@ def evaluate(
             atomic.write_text(out / f"samples_{task_name}.jsonl", lines)
     atomic.write_text(out / "results.md", table)
     atomic.write_text(out / "results.json", json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
+    cache.unlink(missing_ok=True)  # results.json and the samples hold every generation now
     return EvalOutput(results=results, table=table, output_dir=out)
 
 

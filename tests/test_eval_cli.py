@@ -52,3 +52,47 @@ def test_scotd_eval_writes_json_and_table(data_dir, embedded_model_dir, tmp_path
         assert 0.0 <= results["results"]["scotd_csqa_sc"][key] <= 1.0
     assert results["results"]["scotd_csqa_direct"]["invalid_rate,none"] == 0.0
     assert "scotd_csqa_direct" in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_killed_onnx_evaluation_resumes_where_it_stopped(data_dir, onnx_student_dir, tmp_path):
+    """`scotd eval --model-type scotd-onnx` is killed (SIGKILL) after some self-consistency chains are decoded;
+    the same command rerun into the same --output finishes, and its chains are those of an uninterrupted run
+    (each chain's seed comes from the run seed, the question and the chain index, so resumed ones match too)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from scotd_harness.evaluate import GENERATION_CACHE
+
+    def command(out):
+        return [sys.executable, "-m", "scotd_harness.cli", "eval", str(onnx_student_dir), "--model-type", "scotd-onnx",
+                "--tasks", "scotd_csqa_sc", "--limit", "4", "--sc-samples", "8", "--max-gen-toks", "24",
+                "--batch-size", "8", "--log-samples", "--data-dir", str(data_dir), "--output", str(out)]
+
+    def chains(out):
+        rows = [json.loads(line) for line in next(out.glob("samples_*.jsonl")).read_text().splitlines()]
+        return {r["doc_id"]: r["resps"] for r in rows}
+
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
+    resumed, cache = tmp_path / "resumed", tmp_path / "resumed" / GENERATION_CACHE
+    proc = subprocess.Popen(command(resumed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if cache.is_file() and len(cache.read_bytes().splitlines()) >= 8:  # the first question's chains are in
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (resumed / "results.json").exists(), "the run finished before it could be killed"
+    done_before = len(cache.read_bytes().splitlines())
+    assert 8 <= done_before < 32
+
+    subprocess.run(command(resumed), env=env, check=True, capture_output=True)
+    subprocess.run(command(tmp_path / "whole"), env=env, check=True, capture_output=True)
+    assert not cache.exists()  # the results hold every chain now
+    assert chains(resumed) == chains(tmp_path / "whole")
+    texts = [t for doc in chains(resumed).values() for resp in doc for t in resp]
+    assert len(texts) == 32 and len(set(texts)) > 8  # real chains, differing within a question

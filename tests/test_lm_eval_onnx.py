@@ -67,3 +67,63 @@ def test_sampled_repeats_split_over_batches_never_repeat_a_chain(onnx_student_di
     requests = [Instance("generate_until", {}, (context, kwargs), idx=i) for i in range(6)]
     texts = lm.generate_until(requests, disable_tqdm=True)
     assert len(texts) == 6 and len(set(texts)) == 6, texts
+
+
+SKY = "Q: Name a colour of the sky.\nAnswer Choices:\n(a) blue\n(b) loud\nA:"
+GRASS = "Q: Name a colour of grass.\nAnswer Choices:\n(a) green\n(b) heavy\nA:"
+SAMPLED = {"do_sample": True, "temperature": 1.0, "max_gen_toks": 10, "until": ["\n\n"]}
+GREEDY = {"do_sample": False, "max_gen_toks": 10, "until": ["\n\n"]}
+
+
+def _requests(*items: tuple[str, dict, int]):
+    from lm_eval.api.instance import Instance
+
+    reqs = []
+    for context, kwargs, repeats in items:
+        reqs += [Instance("generate_until", {}, (context, kwargs), idx=len(reqs)) for _ in range(repeats)]
+    return reqs
+
+
+def test_sampled_chains_depend_on_the_question_not_on_the_request_order(onnx_student_dir):
+    """A question's chains come from (seed, question, chain index): asked alone, after another question, or by a
+    model with another seed, they are the same, the same, and different."""
+    from scotd_harness.export.lm_eval_model import ScotdOnnxLM
+
+    def grass_chains(seed: int, *before: tuple[str, dict, int]) -> list[str]:
+        lm = ScotdOnnxLM(str(onnx_student_dir), threads=2, batch_size=4, seed=seed)
+        texts = lm.generate_until(_requests(*before, (GRASS, SAMPLED, 3)), disable_tqdm=True)
+        return texts[-3:]
+
+    alone = grass_chains(7)
+    assert grass_chains(7, (SKY, SAMPLED, 2), (SKY, GREEDY, 1)) == alone
+    assert grass_chains(8) != alone
+
+
+def test_a_killed_generation_job_resumes_from_its_cache(tmp_path, onnx_student_dir):
+    """The first process finishes part of the job and dies mid-write; the rerun answers those requests from the
+    cache, decodes only the rest (the file gains exactly those lines), and returns what one uninterrupted run
+    returns. Other decoding settings are never answered from entries made under different ones."""
+    import json
+
+    from scotd_harness.export.lm_eval_model import ScotdOnnxLM
+
+    cache = tmp_path / "gen.jsonl"
+    whole = [(SKY, SAMPLED, 3), (SKY, GREEDY, 1), (GRASS, GREEDY, 1), (GRASS, SAMPLED, 3)]
+    expected = ScotdOnnxLM(str(onnx_student_dir), threads=2, batch_size=2).generate_until(
+        _requests(*whole), disable_tqdm=True)
+
+    ScotdOnnxLM(str(onnx_student_dir), threads=2, batch_size=2, cache=str(cache)).generate_until(
+        _requests(*whole[:2]), disable_tqdm=True)
+    lines = cache.read_text().splitlines()
+    assert len(lines) == 4  # 3 sampled chains + 1 greedy text
+    with cache.open("a") as f:  # the kill came in the middle of the next line
+        f.write('{"key": "0123", "te')
+
+    lm = ScotdOnnxLM(str(onnx_student_dir), threads=2, batch_size=2, cache=str(cache))
+    assert lm.generate_until(_requests(*whole), disable_tqdm=True) == expected
+    rows = [json.loads(line) for line in cache.read_text().splitlines()]  # the torn line is gone: all parse
+    assert len(rows) == 8 and len({r["key"] for r in rows}) == 8
+
+    other = dict(GREEDY, max_gen_toks=4)
+    lm.generate_until(_requests((SKY, other, 1)), disable_tqdm=True)
+    assert len(cache.read_text().splitlines()) == 9

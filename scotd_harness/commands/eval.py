@@ -30,7 +30,8 @@ def _batch_size(ctx, param, value: str) -> int | str:
 @click.option("--batch-size", default="8", show_default=True, callback=_batch_size,
               help="Requests per model call: an integer, or auto (hf).")
 @click.option("--output", "output_dir", type=click.Path(file_okay=False),
-              help="Folder for results.json and results.md (default: runs/eval/<model>-<time>).")
+              help="Folder for results.json and results.md (default: runs/eval/<model>-<time>). A killed "
+                   "scotd-onnx evaluation rerun with the same --output decodes only the chains it had not finished.")
 @click.option("--device", help="Torch device for hf (default: cuda if available, else cpu).")
 @click.option("--split", help="Dataset split instead of validation, e.g. train-holdout where the official dev file "
                               "is not available (QuaRel, CSQA 2.0 offline).")
@@ -38,7 +39,9 @@ def _batch_size(ctx, param, value: str) -> int | str:
 @click.option("--max-gen-toks", type=click.IntRange(1),
               help="Cap on generated tokens per chain (the tasks allow 128); for quick checks.")
 @click.option("--log-samples", is_flag=True, help="Also write every prompt, output and parsed answer (samples_*.jsonl).")
-@click.option("--seed", default=1234, show_default=True, help="Seed for sampling (the *_sc tasks).")
+@click.option("--seed", default=1234, show_default=True,
+              help="Seed for sampling (the *_sc tasks); scotd-onnx derives each chain's seed from it, the question "
+                   "and the chain index.")
 @data_dir_option
 def command(model, tasks, model_type, limit, batch_size, output_dir, device, split, sc_samples, max_gen_toks,
             log_samples, seed, data_dir):
