@@ -9,10 +9,10 @@ A thin adapter: all decoding is `runtime.OnnxStudent`'s. Requests come back in i
 
 Sampled chains are seeded from the model's `seed` (or the request's), the context and the chain index, never from
 the order requests arrive in: the same question gets the same chains whether it is asked alone, in another batch or
-after a resume. `cache=FILE` makes a long generation job resumable: every finished generation is appended to FILE
-(JSON lines) and a rerun answers those requests from it, so a killed self-consistency run over thousands of chains
-loses at most one batch. Entries are keyed by the export (its scotd.json), the context, the decoding settings and
-the chain index, so a file left by another model or other settings is never read as this one's.
+after a resume. `cache=FILE` makes a long job resumable: every finished generation and log-likelihood is appended to FILE (JSON
+lines) and a rerun answers those requests from it, so a killed self-consistency run over thousands of chains loses
+at most one batch. Entries are keyed by the export (its scotd.json), the request and the decoding settings (with
+the chain index), so a file left by another model or other settings is never read as this one's.
 
 Encoding follows `hf` for causal LMs: no special tokens added (the exported `scotd.json` records it).
 """
@@ -64,7 +64,7 @@ class ScotdOnnxLM(LM):
         self.seed = int(seed)
         #: draft tokens for prompt-lookup decoding of greedy chains (None: the runtime's default, 0: off)
         self.prompt_lookup = None if prompt_lookup in (None, "", "None") else int(prompt_lookup)
-        self.cache = GenerationCache(Path(cache), _fingerprint(pretrained)) if cache not in (None, "", "None") else None
+        self.cache = ResultCache(Path(cache), _fingerprint(pretrained)) if cache not in (None, "", "None") else None
 
     # ------------------------------------------------------------------------------------------- loglikelihood
     def _split(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -81,10 +81,20 @@ class ScotdOnnxLM(LM):
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         results = []
-        for req in tqdm(requests, disable=disable_tqdm, desc="scotd-onnx loglikelihood"):
+        cache = self.cache
+        for n, req in enumerate(tqdm(requests, disable=disable_tqdm, desc="scotd-onnx loglikelihood"), 1):
             context, continuation = req.args
-            ctx, cont = self._split(context, continuation)
-            results.append(self.student.loglikelihood(ctx, cont) if cont else (0.0, True))
+            value = cache.get_loglikelihood(context, continuation) if cache else None
+            if value is None:
+                ctx, cont = self._split(context, continuation)
+                value = self.student.loglikelihood(ctx, cont) if cont else (0.0, True)
+                if cache is not None:
+                    cache.put_loglikelihood(context, continuation, value)
+                    if n % 64 == 0:
+                        cache.flush()
+            results.append(value)
+        if cache is not None:
+            cache.flush()
         return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
@@ -188,45 +198,62 @@ def _fingerprint(pretrained: str) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-class GenerationCache:
-    """Append-only JSON lines of finished generations, so a killed evaluation resumes where it stopped.
+class ResultCache:
+    """Append-only JSON lines of finished results, so a killed evaluation resumes where it stopped.
 
-    Each line is {"key", "text"}; the key hashes the model fingerprint, the context, the decoding settings (seed
-    included) and the chain index. A line cut short by a kill is dropped on open (the file is truncated to its last
-    complete line, so the next append starts clean)."""
+    A generation's line is {"key", "text"}, its key a hash of the model fingerprint, the context, the decoding
+    settings (seed included) and the chain index; a log-likelihood's is {"key", "loglikelihood": [logprob,
+    is_greedy]}, keyed by the fingerprint, context and continuation. A line cut short by a kill is dropped on open
+    (the file is truncated to its last complete line, so the next append starts clean)."""
 
     def __init__(self, path: Path, fingerprint: str):
         self.path, self.fingerprint = path, fingerprint
-        self.entries: dict[str, str] = {}
+        self.entries: dict[str, dict] = {}
         if path.is_file():
             data = path.read_bytes()
             complete = data[: data.rfind(b"\n") + 1]
             for line in complete.decode("utf-8").splitlines():
                 try:
                     row = json.loads(line)
-                    self.entries[row["key"]] = row["text"]
+                    self.entries[row["key"]] = row
                 except (ValueError, KeyError, TypeError):
-                    log.warning("scotd-onnx: skipping an unreadable line of the generation cache %s", path)
+                    log.warning("scotd-onnx: skipping an unreadable line of the result cache %s", path)
             if len(complete) < len(data):
                 with open(path, "r+b") as f:
                     f.truncate(len(complete))
         path.parent.mkdir(parents=True, exist_ok=True)
-        # open for the model's lifetime: lm-eval calls generate_until several times (once per request type)
+        # open for the model's lifetime: lm-eval calls the model once per request type
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
-    def key(self, context: str, config: GenerationConfig, chain: int) -> str:
-        settings = repr((config.max_new_tokens, config.temperature, config.top_p, config.top_k, config.stop,
-                         config.seed, config.prompt_lookup if config.temperature == 0 else None))
-        blob = json.dumps([self.fingerprint, context, settings, chain], ensure_ascii=True)
+    def _key(self, *parts) -> str:
+        blob = json.dumps([self.fingerprint, *parts], ensure_ascii=True)
         return hashlib.sha256(blob.encode("ascii")).hexdigest()
 
+    def _generation_key(self, context: str, config: GenerationConfig, chain: int) -> str:
+        settings = repr((config.max_new_tokens, config.temperature, config.top_p, config.top_k, config.stop,
+                         config.seed, config.prompt_lookup if config.temperature == 0 else None))
+        return self._key("generation", context, settings, chain)
+
+    def _get(self, key: str, field: str):
+        return self.entries.get(key, {}).get(field)
+
+    def _put(self, key: str, field: str, value) -> None:
+        row = {"key": key, field: value}
+        self.entries[key] = row
+        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+
     def get(self, context: str, config: GenerationConfig, chain: int) -> str | None:
-        return self.entries.get(self.key(context, config, chain))
+        return self._get(self._generation_key(context, config, chain), "text")
 
     def put(self, context: str, config: GenerationConfig, chain: int, text: str) -> None:
-        key = self.key(context, config, chain)
-        self.entries[key] = text
-        self._file.write(json.dumps({"key": key, "text": text}, ensure_ascii=False) + "\n")
+        self._put(self._generation_key(context, config, chain), "text", text)
+
+    def get_loglikelihood(self, context: str, continuation: str) -> tuple[float, bool] | None:
+        value = self._get(self._key("loglikelihood", context, continuation), "loglikelihood")
+        return (float(value[0]), bool(value[1])) if value is not None else None
+
+    def put_loglikelihood(self, context: str, continuation: str, value: tuple[float, bool]) -> None:
+        self._put(self._key("loglikelihood", context, continuation), "loglikelihood", [float(value[0]), bool(value[1])])
 
     def flush(self) -> None:
         """After each batch: what was decoded survives a kill of the process (or of the machine)."""

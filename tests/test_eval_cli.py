@@ -58,7 +58,8 @@ def test_scotd_eval_writes_json_and_table(data_dir, embedded_model_dir, tmp_path
 def test_a_killed_onnx_evaluation_resumes_where_it_stopped(data_dir, onnx_student_dir, tmp_path):
     """`scotd eval --model-type scotd-onnx` is killed (SIGKILL) after some self-consistency chains are decoded;
     the same command rerun into the same --output finishes, and its chains are those of an uninterrupted run
-    (each chain's seed comes from the run seed, the question and the chain index, so resumed ones match too)."""
+    (each chain's seed comes from the run seed, the question and the chain index, so resumed ones match too);
+    another --seed gives other chains."""
     import os
     import signal
     import subprocess
@@ -67,10 +68,11 @@ def test_a_killed_onnx_evaluation_resumes_where_it_stopped(data_dir, onnx_studen
 
     from scotd_harness.evaluate import GENERATION_CACHE
 
-    def command(out):
+    def command(out, seed=1234):
         return [sys.executable, "-m", "scotd_harness.cli", "eval", str(onnx_student_dir), "--model-type", "scotd-onnx",
                 "--tasks", "scotd_csqa_sc", "--limit", "4", "--sc-samples", "8", "--max-gen-toks", "24",
-                "--batch-size", "8", "--log-samples", "--data-dir", str(data_dir), "--output", str(out)]
+                "--batch-size", "8", "--log-samples", "--data-dir", str(data_dir), "--output", str(out),
+                "--seed", str(seed)]
 
     def chains(out):
         rows = [json.loads(line) for line in next(out.glob("samples_*.jsonl")).read_text().splitlines()]
@@ -96,3 +98,5 @@ def test_a_killed_onnx_evaluation_resumes_where_it_stopped(data_dir, onnx_studen
     assert chains(resumed) == chains(tmp_path / "whole")
     texts = [t for doc in chains(resumed).values() for resp in doc for t in resp]
     assert len(texts) == 32 and len(set(texts)) > 8  # real chains, differing within a question
+    subprocess.run(command(tmp_path / "reseeded", seed=99), env=env, check=True, capture_output=True)
+    assert chains(tmp_path / "reseeded") != chains(resumed)  # --seed reaches the model

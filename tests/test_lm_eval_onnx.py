@@ -36,7 +36,8 @@ def _run_lm_eval(tmp: Path, name: str, model: str, model_args: str, tasks: str) 
 def test_scotd_onnx_matches_hf(tmp_path, onnx_student_dir, embedded_model_dir, data_dir):
     # the untrained embedded model often ends its zero-shot answer at once; the few-shot prompt makes it write
     tasks = "scotd_csqa,scotd_csqa_fewshot,scotd_csqa_direct"
-    onnx = _run_lm_eval(tmp_path, "onnx", "scotd-onnx", f"pretrained={onnx_student_dir},threads=2", tasks)
+    cache = tmp_path / "generations.jsonl"  # the stock CLI keeps finished generations with cache=FILE
+    onnx = _run_lm_eval(tmp_path, "onnx", "scotd-onnx", f"pretrained={onnx_student_dir},threads=2,cache={cache}", tasks)
     hf = _run_lm_eval(tmp_path, "hf", "hf", f"pretrained={embedded_model_dir},dtype=float32", tasks)
     assert set(onnx) == set(hf) == {"scotd_csqa", "scotd_csqa_fewshot", "scotd_csqa_direct"}
     written = 0
@@ -47,6 +48,11 @@ def test_scotd_onnx_matches_hf(tmp_path, onnx_student_dir, embedded_model_dir, d
             assert a["filtered_resps"] == b["filtered_resps"]
             written += len(a["resps"][0][0]) > 20
     assert written >= 2, "too few non-trivial generations to compare"
+    rows = [json.loads(line) for line in cache.read_text().splitlines()]
+    assert {r["text"] for r in rows if "text" in r} == {
+        s["resps"][0][0] for task in ("scotd_csqa", "scotd_csqa_fewshot") for s in onnx[task]}
+    scored = sorted(r["loglikelihood"][0] for r in rows if "loglikelihood" in r)
+    assert scored == pytest.approx(sorted(float(r[0][0]) for s in onnx["scotd_csqa_direct"] for r in s["resps"]))
     for a, b in zip(onnx["scotd_csqa_direct"], hf["scotd_csqa_direct"], strict=True):
         ll_a = [float(r[0][0]) for r in a["resps"]]
         ll_b = [float(r[0][0]) for r in b["resps"]]
@@ -127,3 +133,21 @@ def test_a_killed_generation_job_resumes_from_its_cache(tmp_path, onnx_student_d
     other = dict(GREEDY, max_gen_toks=4)
     lm.generate_until(_requests((SKY, other, 1)), disable_tqdm=True)
     assert len(cache.read_text().splitlines()) == 9
+
+
+def test_log_likelihoods_are_kept_and_answered_from_the_cache(tmp_path, onnx_student_dir):
+    """The direct tasks score choices by log-likelihood; a rerun over the same cache returns the same values
+    without scoring them again (the file gains nothing), and a new request is scored and added."""
+    from lm_eval.api.instance import Instance
+
+    from scotd_harness.export.lm_eval_model import ScotdOnnxLM
+
+    cache = tmp_path / "ll.jsonl"
+    reqs = [Instance("loglikelihood", {}, (SKY, f" ({c})"), idx=i) for i, c in enumerate("ab")]
+    first = ScotdOnnxLM(str(onnx_student_dir), threads=2, cache=str(cache)).loglikelihood(reqs, disable_tqdm=True)
+    assert len(cache.read_text().splitlines()) == 2 and first[0][0] != first[1][0]
+    lm = ScotdOnnxLM(str(onnx_student_dir), threads=2, cache=str(cache))
+    assert lm.loglikelihood(reqs, disable_tqdm=True) == [(float(v), bool(g)) for v, g in first]
+    assert len(cache.read_text().splitlines()) == 2
+    lm.loglikelihood([Instance("loglikelihood", {}, (GRASS, " (a)"), idx=0)], disable_tqdm=True)
+    assert len(cache.read_text().splitlines()) == 3
