@@ -17,10 +17,11 @@ import os
 from pathlib import Path
 
 from . import atomic
+from .datasets import choices_of
 from .errors import ScotdError
 from .eval_samples import read_outcomes
 from .jsonl import iter_jsonl, read_json
-from .stats import COLLAPSE_SHARE, check_run, diverged, mcnemar, wilson_interval
+from .stats import check_run, collapse_share, diverged, mcnemar, wilson_interval
 
 #: report row order and labels; other arms the evaluate stage writes (eval/<name>/, e.g. a 2k-question run) follow
 #: in name order, labelled by their folder name
@@ -126,7 +127,8 @@ def _rows_of(run: dict, model: str, results: dict, outcomes: dict, losses) -> li
                 "sampling": _sampling(results, task), "split": (results.get("scotd") or {}).get("split"),
             }
             row.update(_interval_and_check(outcomes.get((task, flt)), float(value),
-                                           (results.get("n-samples") or {}).get(task, {}).get("effective"), losses))
+                                           (results.get("n-samples") or {}).get(task, {}).get("effective"), losses,
+                                           choices_of(task)))
             if model in UNTRAINED:  # a collapsed answer share describes them; "failed" is for training runs
                 row["failed"] = False
             rows.append(row)
@@ -148,7 +150,8 @@ def _decoding(row: dict) -> str:
     return f"{row['filter']} ({s['chains']} chains, T={s['temperature']})" if s else row["filter"]
 
 
-def _interval_and_check(outcomes: dict | None, acc: float, n_results: int | None, losses) -> dict:
+def _interval_and_check(outcomes: dict | None, acc: float, n_results: int | None, losses,
+                        choices: int | None = None) -> dict:
     """n, correct and the Wilson interval (from the samples when logged, else from lm-eval's sample count), and the
     failure check (the answer share needs the samples; the dev losses need training to have recorded them)."""
     if outcomes:
@@ -158,7 +161,7 @@ def _interval_and_check(outcomes: dict | None, acc: float, n_results: int | None
     else:
         n = correct = None
     low, high = wilson_interval(correct, n, CONFIDENCE) if n else (None, None)
-    check = check_run([o.prediction for o in outcomes.values()] if outcomes else [], losses)
+    check = check_run([o.prediction for o in outcomes.values()] if outcomes else [], losses, choices=choices)
     return {"n": n, "correct": correct, "ci_low": low, "ci_high": high,
             "most_common": check.most_common, "most_common_share": check.most_common_share if outcomes else None,
             "eval_losses": losses, "flags": check.flags, "failed": check.failed}
@@ -254,7 +257,8 @@ def _accuracy_table(rows: list[dict]) -> str:
 STATS_NOTE = (
     "95% CI: Wilson score interval. vs label-only: the arm's accuracy minus the label-only student's on the "
     "questions both answered, with McNemar's exact test (two-sided binomial on the questions exactly one of them "
-    "gets right). FAILED: the most common answer covers more than 50% of the questions (a collapsed run), or the "
+    "gets right). FAILED: the most common answer covers more than 50% of the questions (75% where there are two "
+    "choices, since any answerer's top choice covers half of those; a collapsed run), or the "
     "last dev loss is above 1.5x the best (a diverged run); such a row measures a broken run, not the method.\n")
 
 #: said under the table when it has a vote row: the pipeline picks that student by its greedy score on this split
@@ -513,7 +517,7 @@ def _tune_so_far(run: dict) -> dict | None:
             "in_progress": True}
 
 
-def _tune_table(tune: dict) -> str:
+def _tune_table(tune: dict, task: str | None = None) -> str:
     """The tuning grid: every candidate's held-out score, and the rate (and epochs) each arm went on with."""
     size = "all" if tune.get("questions") is None else tune["questions"]
     epochs_grid = tune.get("epochs_grid") or {}
@@ -522,7 +526,8 @@ def _tune_table(tune: dict) -> str:
     out = [f"## Learning rate, tuned per arm\n\nEach arm trained on {size} questions once per rate of the grid "
            f"{', '.join(format(r, 'g') for r in tune['grid'])}, scored on {tune.get('limit') or 'all'} "
            f"`{tune['split']}` questions (never the evaluation split).{also} The best candidate per arm (a failed "
-           f"one, with one answer to more than half of the questions or a diverged dev loss, only when all are) "
+           f"one, with one answer to more than half of the questions (three quarters with two choices) or a diverged dev "
+           f"loss, only when all are) "
            f"trained it at every size."
            + (" **In progress**: the candidates scored so far.\n" if tune.get("in_progress") else "\n"),
            ("| arm | learning rate | epochs | held-out accuracy % | n | top answer % | dev loss first → last | failed "
@@ -542,7 +547,7 @@ def _tune_table(tune: dict) -> str:
         loss_span = f"{losses[0]:.3f} → {losses[-1]:.3f}" if losses else ""
         share = rec.get("most_common_share")
         minutes = f"{rec['seconds'] / 60:.0f}" if rec.get("seconds") is not None else ""
-        failed = ["collapsed"] if share is not None and share > COLLAPSE_SHARE else []
+        failed = ["collapsed"] if share is not None and share > collapse_share(choices_of(task or "")) else []
         failed += ["diverged"] if diverged(losses) else []
         out.append(f"| {arm} | {rec['learning_rate']:g} | {epochs} | {_pct(rec['accuracy'])} | {rec.get('n') or ''} | "
                    f"{_pct(share)} | {loss_span} | {', '.join(failed)} | {minutes} | {'**yes**' if chosen else ''} |")
@@ -624,7 +629,7 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
         parts.append(_students_table(students))
     tune = run["stages"].get("tune") or _tune_so_far(run)
     if tune:
-        parts.append(_tune_table(tune))
+        parts.append(_tune_table(tune, run["config"].get("task")))
 
     swept = sweep_rows([run] + [load_run(r) for r in sweep]) if sweep else []
     if swept:

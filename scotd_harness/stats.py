@@ -27,8 +27,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
-#: a run whose most common answer exceeds this share of the questions has collapsed
+#: a run whose most common answer exceeds this share of the questions has collapsed (three or more choices)
 COLLAPSE_SHARE = 0.5
+#: the same line for two choices, where any run's most common answer has at least half of the questions: halfway
+#: between an even split and one answer always
+BINARY_COLLAPSE_SHARE = 0.75
 #: a run whose last dev loss exceeds this multiple of its best dev loss has diverged
 DIVERGENCE_FACTOR = 1.5
 
@@ -111,17 +114,23 @@ class RunCheck:
         return bool(self.flags)
 
 
-def check_run(predictions: Iterable[str], eval_losses: Sequence[float] | None = None, *,
-              collapse_share: float = COLLAPSE_SHARE, divergence_factor: float = DIVERGENCE_FACTOR) -> RunCheck:
+def collapse_share(choices: int | None = None) -> float:
+    """The most common answer's share above which a run has collapsed, for questions with `choices` options
+    (None: unknown, taken as three or more)."""
+    return BINARY_COLLAPSE_SHARE if choices == 2 else COLLAPSE_SHARE
+
+
+def check_run(predictions: Iterable[str], eval_losses: Sequence[float] | None = None, *, choices: int | None = None,
+              divergence_factor: float = DIVERGENCE_FACTOR) -> RunCheck:
     """Flag a collapsed run (its most common answer, the no-answer sentinel included, on more than
-    `collapse_share` of the questions) and a diverged one (the last of `eval_losses`, in training order, above
-    `divergence_factor` times the best)."""
+    `collapse_share(choices)` of the questions) and a diverged one (the last of `eval_losses`, in training order,
+    above `divergence_factor` times the best)."""
     counts = Counter(predictions)
     total = sum(counts.values())
     top, top_count = counts.most_common(1)[0] if counts else (None, 0)
     share = top_count / total if total else 0.0
     check = RunCheck(questions=total, most_common=top, most_common_share=share)
-    if total and share > collapse_share:
+    if total and share > collapse_share(choices):
         check.flags.append(f"collapsed: answers {top} on {share:.0%} of {total} questions")
     divergence = diverged(eval_losses, divergence_factor)
     if divergence:

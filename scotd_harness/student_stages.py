@@ -124,6 +124,7 @@ def stage_tune(run: Run, say) -> dict:
     killed stage resumes at the next candidate (a candidate's training resumes from its checkpoint). The losing
     candidates' weights are deleted at the end; their scores stay."""
     from .arms import students
+    from .datasets import choices_of
 
     cfg = run.cfg
     tune = cfg.tune
@@ -154,9 +155,9 @@ def stage_tune(run: Run, say) -> dict:
     for student in (s for s in students(cfg) if s.questions == size):
         base = epochs_of(cfg, student)
         tried = [candidate(student, rate) for rate in tune.learning_rate]
-        best_rate = choose_candidate(tried)["learning_rate"]
+        best_rate = choose_candidate(tried, choices_of(cfg.task))["learning_rate"]
         tried += [candidate(student, best_rate, epochs) for epochs in tune.epochs.get(student.arm, []) if epochs != base]
-        best = choose_candidate(tried)
+        best = choose_candidate(tried, choices_of(cfg.task))
         chosen[student.arm], chosen_epochs[student.arm] = best["learning_rate"], best["epochs"]
         say(f"  {student.arm}: learning rate {best['learning_rate']:g}"
             + (f", {best['epochs']:g} epochs" if best["epochs"] is not None else "")
@@ -169,15 +170,16 @@ def stage_tune(run: Run, say) -> dict:
             "scores": scores}
 
 
-def choose_candidate(candidates: list[dict]) -> dict:
+def choose_candidate(candidates: list[dict], choices: int | None = None) -> dict:
     """The candidate with the best held-out accuracy, the smaller rate and then the fewer epochs on a tie; a
-    failed one (stats.check_run's rules: one answer to more than half of the questions, or a diverged dev loss)
+    failed one (stats.check_run's rules: one answer to more than half of the questions, three quarters where
+    there are `choices` = 2, or a diverged dev loss)
     only when every candidate failed, since a collapsed student's accuracy is the share of its letter among the
     gold answers, not learning, and the report would flag the chosen one as failed."""
-    from .stats import COLLAPSE_SHARE, diverged
+    from .stats import collapse_share, diverged
 
     def key(c: dict):
-        collapsed = c["most_common_share"] is not None and c["most_common_share"] > COLLAPSE_SHARE
+        collapsed = c["most_common_share"] is not None and c["most_common_share"] > collapse_share(choices)
         failed = collapsed or diverged(c.get("dev_losses")) is not None
         return (not failed, c["accuracy"], -c["learning_rate"], -(c.get("epochs") or 0))
 

@@ -167,6 +167,19 @@ def test_rows_carry_intervals_paired_tests_and_flags(arms_run):
     assert undistilled["vs_label_only"] is None and undistilled["correct"] == 2
 
 
+def test_a_two_choice_task_is_flagged_as_collapsed_only_past_three_quarters(arms_run):
+    """On QuaRel (two choices) a working student's top answer covers over half the questions; that is no collapse.
+    One answer to every question is."""
+    _write_eval(arms_run, "scotd/train-split", {"scotd_quarel": {
+        "greedy": [_generative_line(i, "b" if i < 24 else "a") for i in range(N)]}})
+    _write_eval(arms_run, "cose/train-split", {"scotd_quarel": {"greedy": [_generative_line(i, "a") for i in range(N)]}})
+    rows = accuracy_rows(load_run(arms_run))
+    scotd = _row(rows, "scotd", "scotd_quarel", "greedy")
+    assert scotd["most_common_share"] == pytest.approx(0.6) and not scotd["failed"] and scotd["flags"] == []
+    assert _row(rows, "cose", "scotd_quarel", "greedy")["flags"] == ["collapsed: answers a on 100% of 40 questions"]
+    assert _row(rows, "cose", "scotd_csqa", "greedy")["failed"]  # (d) on all of a five-choice task, as before
+
+
 def test_an_arm_pairs_with_the_label_only_arm_of_its_size(arms_run):
     """`scotd_2k` is tested against `label_only_2k`, not against the full-corpus `label_only`."""
     shutil.copytree(arms_run / "eval" / "scotd", arms_run / "eval" / "scotd_2k")

@@ -85,3 +85,26 @@ def test_check_run_flags_collapse_and_divergence():
     assert not check_run(list("abcde"), eval_losses=[2.0, 1.0, 1.5]).failed
     assert check_run(list("abcde"), eval_losses=[2.0, float("nan")]).flags == ["diverged: a dev loss is not finite"]
     assert check_run([]).most_common is None and not check_run([]).failed
+
+
+def test_two_choice_tasks_collapse_at_three_quarters_not_half():
+    """With two choices every student's top answer covers half the questions: 54% of (b) on QuaRel is a working
+    student (the csqa-palm scotd_2k one), 90% is collapsed; with five choices 54% is collapsed."""
+    from scotd_harness.datasets import choices_of
+
+    working = ["b"] * 54 + ["a"] * 46
+    assert not check_run(working, choices=2).failed
+    assert check_run(working, choices=5).failed and check_run(working).failed  # unknown: the stricter line
+    assert check_run(["a"] * 90 + ["b"] * 10, choices=2).flags == ["collapsed: answers a on 90% of 100 questions"]
+    assert [choices_of(t) for t in ("csqa", "scotd_csqa_sc", "scotd_csqa2_direct", "scotd_quarel",
+                                     "scotd_openbookqa_direct", "scotd_imdb_contrast_sc", "boolq")] == [
+        5, 5, 2, 2, 4, 2, None]
+
+
+def test_tuning_passes_over_a_collapsed_candidate_by_the_line_of_its_task():
+    from scotd_harness.student_stages import choose_candidate
+
+    lopsided = {"learning_rate": 1e-4, "accuracy": 0.6, "most_common_share": 0.7, "dev_losses": [1.0, 0.9], "epochs": 2}
+    even = {"learning_rate": 2e-4, "accuracy": 0.55, "most_common_share": 0.4, "dev_losses": [1.0, 0.9], "epochs": 2}
+    assert choose_candidate([lopsided, even], choices=2) is lopsided  # 70% of one answer of two: working
+    assert choose_candidate([lopsided, even], choices=5) is even  # of five: collapsed

@@ -18,7 +18,7 @@ from ..errors import ScotdError
 from ..hashsplit import in_hash_fraction
 from .base import SPLITS, Example, data_dir_from_env
 
-__all__ = ["Example", "TASKS", "SPLITS", "load_examples", "task_names"]
+__all__ = ["SPLITS", "TASKS", "Example", "choices_of", "load_examples", "task_names"]
 
 #: task name -> (module, number of choices, human name). Modules import lazily: `datasets` costs seconds.
 TASKS: dict[str, tuple[str, int, str]] = {
@@ -38,6 +38,16 @@ HOLDOUT_FRACTION, HOLDOUT_MODULUS = 0.1, 10
 
 def task_names() -> list[str]:
     return list(TASKS)
+
+
+def choices_of(name: str) -> int | None:
+    """How many answer choices a question of a task has, by its name here (`csqa`) or as an lm-eval task
+    (`scotd_quarel_direct`, `scotd_csqa2_sc`); None for a task not in the registry."""
+    name = name.removeprefix("scotd_")
+    for task in sorted(TASKS, key=len, reverse=True):  # csqa2 before csqa
+        if name == task or name.startswith(task + "_"):
+            return TASKS[task][1]
+    return None
 
 
 def in_holdout(example_id: str) -> bool:
