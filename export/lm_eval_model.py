@@ -156,7 +156,9 @@ class ScotdOnnxLM(LM):
             for context, config, idx in greedy:
                 text = cache.get(context, config, 0)
                 if text is not None:
-                    out[idx[0]] = text
+                    for i in idx:
+                        out[i] = text
+                    bar.update(len(idx))
             greedy = [g for g in greedy if out[g[2][0]] is None]
         # greedy: batch prompts of similar length that share a config
         greedy.sort(key=lambda g: (repr(g[1]), len(g[0])))

@@ -114,14 +114,14 @@ def test_a_killed_generation_job_resumes_from_its_cache(tmp_path, onnx_student_d
     from scotd_harness.export.lm_eval_model import ScotdOnnxLM
 
     cache = tmp_path / "gen.jsonl"
-    whole = [(SKY, SAMPLED, 3), (SKY, GREEDY, 1), (GRASS, GREEDY, 1), (GRASS, SAMPLED, 3)]
+    whole = [(SKY, SAMPLED, 3), (SKY, GREEDY, 2), (GRASS, GREEDY, 1), (GRASS, SAMPLED, 3)]  # a duplicate too
     expected = ScotdOnnxLM(str(onnx_student_dir), threads=2, batch_size=2).generate_until(
         _requests(*whole), disable_tqdm=True)
 
     ScotdOnnxLM(str(onnx_student_dir), threads=2, batch_size=2, cache=str(cache)).generate_until(
         _requests(*whole[:2]), disable_tqdm=True)
     lines = cache.read_text().splitlines()
-    assert len(lines) == 4  # 3 sampled chains + 1 greedy text
+    assert len(lines) == 4  # 3 sampled chains + 1 greedy text (its duplicate decoded once)
     with cache.open("a") as f:  # the kill came in the middle of the next line
         f.write('{"key": "0123", "te')
 
