@@ -177,8 +177,8 @@ def test_infer_and_scotd_onnx_pass_prompt_lookup_through(onnx_student_int4_dir):
     assert "--prompt-lookup" in CliRunner().invoke(cli, ["infer", "--help"]).output
 
     lm = ScotdOnnxLM(str(onnx_student_int4_dir), threads=2, prompt_lookup=4)
-    config = lm._config({"until": ["\n\n"], "max_gen_toks": 32})
+    config = lm._config(PROMPTS[1], {"until": ["\n\n"], "max_gen_toks": 32})
     assert config.prompt_lookup == 4 and config.temperature == 0
     (gen,) = lm.student.generate([PROMPTS[1]], config)
     assert gen.drafted > 0
-    assert ScotdOnnxLM(str(onnx_student_int4_dir), threads=2)._config({}).prompt_lookup is None
+    assert ScotdOnnxLM(str(onnx_student_int4_dir), threads=2)._config(PROMPTS[1], {}).prompt_lookup is None
