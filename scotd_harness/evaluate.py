@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 MODEL_TYPES = ("hf", "scotd-onnx")
 #: (in the output folder) the scotd-onnx generations finished so far; removed once results.json is written
 GENERATION_CACHE = "generations.partial.jsonl"
-#: Self-consistency tasks report maj@8 (a vote over the first 8 chains), so they need at least 8.
+#: Self-consistency tasks report maj@8 (a vote over the first 8 chains), so they need at least 8; with exactly 8
+#: that vote is maj@N's, and the report shows one row.
 MIN_SC_SAMPLES = 8
 
 

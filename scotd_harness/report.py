@@ -20,6 +20,7 @@ from . import atomic
 from .datasets import choices_of
 from .errors import ScotdError
 from .eval_samples import read_outcomes
+from .evaluate import MIN_SC_SAMPLES
 from .jsonl import iter_jsonl, read_json
 from .stats import check_run, collapse_share, diverged, mcnemar, wilson_interval
 
@@ -30,6 +31,8 @@ MODEL_LABELS = {"teacher": "teacher (few-shot CoT)", "undistilled": "student, un
                 "scotd": "student, SCoTD-distilled"}
 #: models that are not a distilled arm: no paired test against label-only
 BASELINES = ("teacher", "undistilled", "label_only")
+#: the self-consistency tasks' second filter (tasks/_scotd_sc.yaml): a vote over the first MIN_SC_SAMPLES chains
+FIRST_K_VOTE = f"maj@{MIN_SC_SAMPLES}"
 #: rows no training of this run produced: never flagged as failed runs
 UNTRAINED = ("teacher", "undistilled")
 #: task-name suffixes of the variants of one task (`scotd_csqa_direct` pairs with `scotd_csqa` questions)
@@ -121,10 +124,13 @@ def _rows_of(run: dict, model: str, results: dict, outcomes: dict, losses) -> li
             if metric != "acc" or not isinstance(value, (int, float)):
                 continue
             flt = flt or "none"
+            sampling = _sampling(results, task)
+            if flt == FIRST_K_VOTE and sampling and sampling["chains"] == MIN_SC_SAMPLES:
+                continue  # with 8 chains, the vote over the first 8 is the vote over all: one row, not two copies
             row = {
                 "model": model, "label": model_label(model), "task": task, "filter": flt, "acc": float(value),
                 "stderr": metrics.get(f"acc_stderr,{flt}"), "invalid_rate": metrics.get(f"invalid_rate,{flt}"),
-                "sampling": _sampling(results, task), "split": (results.get("scotd") or {}).get("split"),
+                "sampling": sampling, "split": (results.get("scotd") or {}).get("split"),
             }
             row.update(_interval_and_check(outcomes.get((task, flt)), float(value),
                                            (results.get("n-samples") or {}).get(task, {}).get("effective"), losses,
@@ -269,8 +275,9 @@ SC_NOTE = (
 
 
 def _plot_accuracy(rows: list[dict], path: Path) -> bool:
-    """Bars of every row with their Wilson intervals, each labelled with its accuracy and, for a distilled arm, its
-    McNemar p against label-only; failed runs hatched in grey."""
+    """Bars with their Wilson intervals, one panel per task (the run's own task, then each transfer task) so the
+    arms stand side by side where they are compared; each bar labelled with its accuracy and, for a distilled arm,
+    its McNemar p against label-only; failed runs hatched in grey."""
     if not rows:
         return False
     import matplotlib
@@ -278,26 +285,34 @@ def _plot_accuracy(rows: list[dict], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['model']}\n{r['task'].removeprefix('scotd_')}\n{r['filter']}" for r in rows]
-    accs = [100 * r["acc"] for r in rows]
-    err = [[a - 100 * r["ci_low"] if r["ci_low"] is not None else 0 for a, r in zip(accs, rows)],
-           [100 * r["ci_high"] - a if r["ci_high"] is not None else 0 for a, r in zip(accs, rows)]]
-    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(rows)), 4))
-    bars = ax.bar(range(len(rows)), accs, yerr=err, capsize=4, ecolor="black",
-                  color=["#BBBBBB" if r["failed"] else "#4C72B0" for r in rows])
-    for bar, r, top in zip(bars, rows, err[1]):
-        if r["failed"]:
-            bar.set_hatch("//")
-        vs = r["vs_label_only"]
-        note = f"{100 * r['acc']:.1f}" + (f"\np={_p(vs['p_value'])}" if vs else "")
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + top + 1, note, ha="center", va="bottom",
-                fontsize=7)
-    ax.set_xticks(range(len(rows)), labels, fontsize=7)
-    ax.set_ylabel("accuracy (%), 95% Wilson interval")
-    ax.set_ylim(0, 110)  # room for the labels above a bar near 100 %
-    ax.set_yticks(range(0, 101, 20))
-    ax.set_title("Accuracy by model and decoding" + (" (hatched: failed run)" if any(r["failed"] for r in rows) else ""),
-                 fontsize=10)
+    panels: dict[str, list[dict]] = {}
+    for r in rows:
+        panels.setdefault(base_task(r["task"]).removeprefix("scotd_"), []).append(r)
+    widths = [max(2.0, 0.9 * len(p)) for p in panels.values()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths) + 1, 4.2), sharey=True, squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
+    for ax, (task, panel) in zip(axes[0], panels.items()):
+        accs = [100 * r["acc"] for r in panel]
+        err = [[a - 100 * r["ci_low"] if r["ci_low"] is not None else 0 for a, r in zip(accs, panel)],
+               [100 * r["ci_high"] - a if r["ci_high"] is not None else 0 for a, r in zip(accs, panel)]]
+        bars = ax.bar(range(len(panel)), accs, yerr=err, capsize=3, ecolor="black",
+                      color=["#BBBBBB" if r["failed"] else "#4C72B0" for r in panel])
+        for bar, r, top in zip(bars, panel, err[1]):
+            if r["failed"]:
+                bar.set_hatch("//")
+            vs = r["vs_label_only"]
+            note = f"{100 * r['acc']:.1f}" + (f"\np={_p(vs['p_value'])}" if vs else "")
+            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + top + 1, note, ha="center", va="bottom",
+                    fontsize=6.5)
+        split = next((r["split"] for r in panel if r.get("split")), None)
+        ax.set_title(task + (f" ({split})" if split else ""), fontsize=9)
+        ax.set_xticks(range(len(panel)), [f"{r['model']}\n{r['filter']}" for r in panel], fontsize=6.5,
+                      rotation=90)
+    axes[0][0].set_ylabel("accuracy (%), 95% Wilson interval")
+    axes[0][0].set_ylim(0, 110)  # room for the labels above a bar near 100 %
+    axes[0][0].set_yticks(range(0, 101, 20))
+    fig.suptitle("Accuracy by task, model and decoding" +
+                 (" (hatched: failed run)" if any(r["failed"] for r in rows) else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

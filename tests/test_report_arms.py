@@ -180,6 +180,17 @@ def test_a_two_choice_task_is_flagged_as_collapsed_only_past_three_quarters(arms
     assert _row(rows, "cose", "scotd_csqa", "greedy")["failed"]  # (d) on all of a five-choice task, as before
 
 
+def test_with_eight_chains_the_vote_is_one_row(arms_run):
+    """With 8 chains (the pipeline's sc_samples) maj@8 votes over all of them, the same answers as maj@N: the report
+    shows that vote once, not as two identical rows."""
+    results = arms_run / "eval" / "scotd" / "results.json"
+    data = json.loads(results.read_text())
+    data["configs"]["scotd_csqa_sc"]["repeats"] = 8
+    results.write_text(json.dumps(data))
+    votes = [r for r in accuracy_rows(load_run(arms_run)) if r["task"] == "scotd_csqa_sc"]
+    assert [(r["filter"], r["sampling"]["chains"]) for r in votes] == [("maj@N", 8)]
+
+
 def test_an_arm_pairs_with_the_label_only_arm_of_its_size(arms_run):
     """`scotd_2k` is tested against `label_only_2k`, not against the full-corpus `label_only`."""
     shutil.copytree(arms_run / "eval" / "scotd", arms_run / "eval" / "scotd_2k")
