@@ -622,8 +622,10 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
     if cfg["task"] == "demo":
         parts.append(DEMO_PREFACE)
 
-    parts.append("## Stages\n\n| stage | seconds | finished |\n|---|---:|---|\n" + "".join(
-        f"| {name} | {s.get('seconds', '')} | {s.get('finished', '')} |\n" for name, s in run["stages"].items()))
+    # a resumed stage records only the sitting that finished it (its earlier sittings end in a kill, unrecorded)
+    parts.append("## Stages\n\n| stage | seconds (the sitting that finished it) | finished |\n|---|---:|---|\n" +
+                 "".join(f"| {name} | {s.get('seconds', '')} | {s.get('finished', '')} |\n"
+                         for name, s in run["stages"].items()))
 
     rows = accuracy_rows(run)
     voted = any(r["sampling"] for r in rows)
