@@ -154,6 +154,11 @@ def _path_pattern(folders: list[str], relative: str | None = None) -> re.Pattern
     return re.compile(rf"""(?:^|(?<=[=\s'"]))(?:(?:{absolute})(?=/|$){given})""")
 
 
+#: the scotd task folder of any install, as lm-eval records it (a task's YAML, a filter class of utils.py): the
+#: evaluation may have run from a checkout or a virtual environment other than the one that packs the records
+_ANY_TASKS_DIR = re.compile(r"""(?:^|(?<=[=\s'"]))/[^\s'"]*/tasks(?=/(?:utils\.|_scotd_|[\w-]+/scotd_\w*\.yaml))""")
+
+
 def _relative_paths(value, rewrites: list[tuple[re.Pattern, str]]):
     """Every string in a JSON value with the run directory's path made `.`, and the scotd task folder's
     (lm-eval records each task's YAML file) made `scotd_harness/tasks`."""
@@ -187,7 +192,7 @@ def pack(root: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     # the run's path as the stages wrote it: absolute, or as given to --out
     rewrites = [(_path_pattern([str(root.absolute()), str(root.resolve())],
                                None if root.is_absolute() else str(root)), "."),
-                (_path_pattern([str(tasks_dir())]), "scotd_harness/tasks")]
+                (_path_pattern([str(tasks_dir())]), "scotd_harness/tasks"), (_ANY_TASKS_DIR, "scotd_harness/tasks")]
     buffer = io.BytesIO()
     # fixed times and ownership: the same records make the same bytes, so a committed archive changes only when a
     # record does

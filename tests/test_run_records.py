@@ -77,6 +77,20 @@ def test_records_hold_the_findings_not_the_weights_nor_the_data(tmp_path):
     assert str(run.resolve()) in (run / "eval" / "scotd" / "results.json").read_text()
 
 
+def test_task_paths_of_another_install_are_not_packed(tmp_path):
+    """The evaluation ran from one install (a checkout, a venv) and the records are packed from another: the task
+    files' paths of the first are still written by the package's name, so no folder of that machine is packed."""
+    run = _run_dir(tmp_path / "run", {**load_config(None).model_dump(), "corpus_source": "distilling-step-by-step"})
+    results = run / "eval" / "scotd" / "results.json"
+    other = "/home/someone/venv/lib/python3.11/site-packages/scotd_harness/tasks"
+    results.write_text(results.read_text().replace(str(tasks_dir()), other))
+    packed = json.loads(_members(run_records.pack(run))["eval/scotd/results.json"])
+    task = packed["configs"]["scotd_csqa"]
+    assert task["config_source"] == "scotd_harness/tasks/csqa/scotd_csqa.yaml"
+    assert task["filter_list"][0]["function"] == "<class 'scotd_harness/tasks/utils.ExtractAnswer'>"
+    assert "/home/someone" not in json.dumps(packed)
+
+
 def test_a_sampled_corpus_is_a_record(tmp_path):
     run = _run_dir(tmp_path / "run", load_config(None).model_dump())  # (the demo samples its teacher)
     assert "corpus.jsonl" in _members(run_records.pack(run))
