@@ -22,6 +22,8 @@ from .errors import ScotdError
 log = logging.getLogger(__name__)
 
 MODEL_TYPES = ("hf", "scotd-onnx")
+#: the lm-eval model each runs as (`scotd-hf`: `hf` whose sampled chains are seeded per question and chain)
+LM_EVAL_MODELS = {"hf": "scotd-hf", "scotd-onnx": "scotd-onnx"}
 #: (in the output folder) the scotd-onnx generations finished so far; removed once results.json is written
 GENERATION_CACHE = "generations.partial.jsonl"
 #: Self-consistency tasks report maj@8 (a vote over the first 8 chains), so they need at least 8; with exactly 8
@@ -147,8 +149,10 @@ def evaluate(
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if model_type == "hf":  # hf, with each sampled chain seeded by (seed, question, chain index): lm_eval_hf.py
+        model_args.update(seed=seed)
     results = lm_eval.simple_evaluate(
-        model=model_type,
+        model=LM_EVAL_MODELS[model_type],
         model_args=model_args,
         tasks=selected,
         limit=limit,

@@ -14,7 +14,8 @@ When those two modules load, this module:
   default), this package's `tasks/` folder is added to `include_path`, first, so a user's `--include_path` can
   still override a scotd task. Passing the folder explicitly (`--include_path`, the fallback when the .pth file
   is not processed, e.g. with `pip install --target`) is recognised and not added twice.
-- registers `scotd-onnx` in lm-eval's model registry as a lazy placeholder for
+- registers `scotd-hf` (`scotd_harness.lm_eval_hf:ScotdHFLM`: lm-eval's `hf` with each sampled chain seeded by
+  its question and index) and `scotd-onnx` in lm-eval's model registry as lazy placeholders, the latter for
   `scotd_harness.export.lm_eval_model:ScotdOnnxLM`, the way lm-eval registers its own backends. The module is
   imported only when someone asks for that model; if it is not there, the name is not registered and lm-eval
   gives its usual "no model for this name" error.
@@ -49,6 +50,10 @@ MODELS_MODULE = "lm_eval.models"
 ONNX_MODEL_NAME = "scotd-onnx"
 ONNX_MODEL_MODULE = "scotd_harness.export.lm_eval_model"
 ONNX_MODEL_TARGET = f"{ONNX_MODEL_MODULE}:ScotdOnnxLM"
+
+#: lm-eval's `hf` with each sampled chain seeded by (seed, context, chain index): what `scotd eval --model-type hf` runs
+HF_MODEL_NAME = "scotd-hf"
+HF_MODEL_TARGET = "scotd_harness.lm_eval_hf:ScotdHFLM"
 
 _PATCHED_FLAG = "__scotd_tasks__"
 
@@ -106,13 +111,15 @@ def onnx_model_available() -> bool:
 
 
 def register_models(module=None) -> None:
-    """Register `scotd-onnx` as a lazy placeholder, as `lm_eval.models` does for its own backends (idempotent).
+    """Register `scotd-hf` and `scotd-onnx` as lazy placeholders, as `lm_eval.models` does for its own backends (idempotent).
 
     Called right after `lm_eval.models` has registered lm-eval's backends: registering any earlier would make the
     registry non-empty, and `lm_eval.api.registry.get_model` imports `lm_eval.models` only when it is empty.
     """
     from lm_eval.api.registry import model_registry
 
+    if HF_MODEL_NAME not in model_registry:
+        model_registry.register(HF_MODEL_NAME, target=HF_MODEL_TARGET)
     if ONNX_MODEL_NAME in model_registry or not onnx_model_available():
         return
     model_registry.register(ONNX_MODEL_NAME, target=ONNX_MODEL_TARGET)
@@ -159,7 +166,7 @@ def find_spec(name: str, path=None, target=None):
 
 def install() -> None:
     """Apply both patches now, importing lm-eval's modules (idempotent; a no-op where the .pth already did it)."""
-    import lm_eval.models  # noqa: F401 - registers lm-eval's backends first (see register_models)
+    import lm_eval.models
     import lm_eval.tasks.manager  # noqa: F401
 
     patch_task_manager(sys.modules[TASK_MANAGER_MODULE])

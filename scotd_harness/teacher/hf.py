@@ -69,11 +69,27 @@ class HFTeacher(TeacherBackend):
             torch_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         else:
             torch_dtype = getattr(torch, dtype)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device).eval()
+        self._setup(lm, AutoTokenizer.from_pretrained(path), max_batch_rows, shared_prefill, seed)
+
+    @classmethod
+    def over(cls, name: str, lm, tokenizer, *, seed: int = 0, max_batch_rows: int = 64) -> HFTeacher:
+        """The sampler over a model something else has loaded (lm-eval's `scotd-hf`), sharing its weights; the
+        tokenizer is copied, since sampling pads on the left."""
+        import copy
+
+        self = cls.__new__(cls)
+        TeacherBackend.__init__(self, name)
+        self.device = next(lm.parameters()).device
+        self._setup(lm, copy.deepcopy(tokenizer), max_batch_rows, True, seed)
+        return self
+
+    def _setup(self, lm, tokenizer, max_batch_rows: int, shared_prefill: bool, seed: int) -> None:
+        self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device).eval()
+        self.lm = lm
         eos = self.lm.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
         self.eos_ids = {int(e) for e in [*eos, self.tokenizer.eos_token_id] if e is not None}

@@ -1,0 +1,48 @@
+"""`scotd-hf`: lm-eval's `hf` model whose sampled chains are seeded by (seed, question, chain index), on the real
+embedded model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+SKY = "Q: Name a colour of the sky.\nAnswer Choices:\n(a) blue\n(b) loud\nA:"
+GRASS = "Q: What colour is grass?\nAnswer Choices:\n(a) green\n(b) salty\nA:"
+SAMPLED = {"do_sample": True, "temperature": 1.0, "max_gen_toks": 8, "until": ["\n\n"]}
+GREEDY = {"do_sample": False, "max_gen_toks": 8, "until": ["\n\n"]}
+
+
+def _requests(*items: tuple[str, dict, int]):
+    from lm_eval.api.instance import Instance
+
+    reqs = []
+    for context, kwargs, repeats in items:
+        reqs += [Instance("generate_until", {}, (context, kwargs), idx=len(reqs)) for _ in range(repeats)]
+    return reqs
+
+
+def test_sampled_chains_depend_on_the_question_not_on_the_request_order(embedded_model_dir):
+    """A question's chains are the same asked alone or after other requests, differ from each other, change with
+    the seed; greedy requests decode as the stock `hf` model decodes them."""
+    from lm_eval.models.huggingface import HFLM
+
+    from scotd_harness.lm_eval_hf import ScotdHFLM
+
+    lm = ScotdHFLM(pretrained=str(embedded_model_dir), device="cpu", batch_size=4, seed=7)
+    alone = lm.generate_until(_requests((GRASS, SAMPLED, 3)), disable_tqdm=True)
+    mixed = lm.generate_until(_requests((SKY, SAMPLED, 2), (SKY, GREEDY, 1), (GRASS, SAMPLED, 3)), disable_tqdm=True)
+    assert mixed[-3:] == alone and len(set(alone)) == 3, alone
+    reseeded = lm.generate_until(_requests((GRASS, {**SAMPLED, "seed": 8}, 3)), disable_tqdm=True)
+    assert reseeded != alone and lm.generate_until(_requests((GRASS, SAMPLED, 3)), disable_tqdm=True) == alone
+    stock = HFLM(pretrained=str(embedded_model_dir), device="cpu", batch_size=4)
+    assert mixed[2] == stock.generate_until(_requests((SKY, GREEDY, 1)), disable_tqdm=True)[0]
+
+
+def test_stock_lm_eval_finds_scotd_hf():
+    """After install the stock registry has `scotd-hf` with no flag (the .pth hook), as it has `scotd-onnx`."""
+    code = ("import json; from lm_eval.api.registry import get_model;"
+            "print(json.dumps(get_model('scotd-hf').__name__))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == "ScotdHFLM"
