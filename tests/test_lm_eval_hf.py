@@ -7,19 +7,7 @@ import json
 import subprocess
 import sys
 
-SKY = "Q: Name a colour of the sky.\nAnswer Choices:\n(a) blue\n(b) loud\nA:"
-GRASS = "Q: What colour is grass?\nAnswer Choices:\n(a) green\n(b) salty\nA:"
-SAMPLED = {"do_sample": True, "temperature": 1.0, "max_gen_toks": 8, "until": ["\n\n"]}
-GREEDY = {"do_sample": False, "max_gen_toks": 8, "until": ["\n\n"]}
-
-
-def _requests(*items: tuple[str, dict, int]):
-    from lm_eval.api.instance import Instance
-
-    reqs = []
-    for context, kwargs, repeats in items:
-        reqs += [Instance("generate_until", {}, (context, kwargs), idx=len(reqs)) for _ in range(repeats)]
-    return reqs
+from test_lm_eval_onnx import GRASS, GREEDY, SAMPLED, SKY, _requests  # the same requests as the scotd-onnx tests
 
 
 def test_sampled_chains_depend_on_the_question_not_on_the_request_order(embedded_model_dir):
