@@ -7,12 +7,14 @@ them where it stopped; each records its finished stages in its stages.json):
 
 1. ``sample``: N=16 chains at T=1.0 (the paper's temperature) for --questions CSQA train questions the teacher
    never trained on (pipeline `exclude_questions`), through the torch-free `onnx:` teacher.
-2. ``arms``: fresh students from the same base, on those questions' chains, every one with the same optimizer
+2. ``teacher-eval``: the teacher's own greedy accuracy on CSQA dev, asked as it was asked to sample (the
+   few-shot CoT prompt, scotd_csqa_fewshot) through scotd-onnx: the line a student above its teacher would cross.
+3. ``arms``: fresh students from the same base, on those questions' chains, every one with the same optimizer
    steps and learning rate: n in {1, 4, 16} (the first n chains of each question) x {correct (supervised), all
    (few-shot)}; then at n=16 four selections of the correct chains, each keeping 4 per question's worth:
    random-k, likelihood-k (teacher log-probs), diversity-k (MiniLM k-means), and open-ended (the most open-ended
    half of the questions, 8 chains each). Each is scored greedily on CSQA dev through scotd-onnx.
-3. ``report``: `scotd report --sweep` over the arm runs (accuracy against n, a line per filter, the selection
+4. ``report``: `scotd report --sweep` over the arm runs (accuracy against n, a line per filter, the selection
    table) into bench/results/chains_curve.{md,json} and accuracy_vs_n.png, with the teacher's accuracy on dev
    and on the sampled questions and each arm's corpus statistics. Rewritten after every arm, so a partial run
    has its figures.
@@ -180,6 +182,40 @@ def run_stage(name: str, config: dict, out: Path, until: str, records: Path) -> 
     log.info("%s: done (%.0f s this call)", name, time.monotonic() - started)
 
 
+#: the teacher's evaluation: the prompt it sampled with (its few-shot CoT exemplars), decoded greedily
+TEACHER_TASK = "scotd_csqa_fewshot"
+
+
+def teacher_eval(args, root: Path, teacher: Path, records: Path) -> Path:
+    """Score the teacher on CSQA dev into root/teacher-eval (a run folder of its own: config.json and
+    eval/teacher/), its records kept in `records` and restored from there like every stage's."""
+    from scotd_harness import run_records
+    from scotd_harness.evaluate import evaluate
+
+    out, archive = root / "teacher-eval", records / "teacher-eval.tar.gz"
+    config = {"teacher": f"onnx:{_inside(teacher, root)}", "task": TEACHER_TASK, "limit": args.eval_limit,
+              "seed": args.seed, "batch_size": 16}
+    results = out / "eval" / "teacher" / "results.json"
+
+    def differences(old: dict, current: dict) -> list[str]:
+        return sorted(k for k in set(old) | set(current) if old.get(k) != current.get(k))
+
+    if not results.is_file() and archive.is_file():
+        run_records.put(run_records.read(archive, config, differences), out)
+    if results.is_file():
+        log.info("teacher-eval: evaluated already (%s)", results.relative_to(root))
+        return results
+    started = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    output = evaluate(_inside(teacher, root), [TEACHER_TASK], model_type="scotd-onnx", limit=args.eval_limit,
+                      batch_size=config["batch_size"], output_dir=results.parent, seed=args.seed, log_samples=True)
+    log.info("teacher-eval:\n%s", output.table)
+    run_records.pack(out, archive)
+    log.info("teacher-eval: done (%.0f s)", time.monotonic() - started)
+    return results
+
+
 def write_results(args, root: Path, teacher: Path) -> None:
     """The sweep report over the finished arms, copied into bench/results/ with the teacher's own accuracy."""
     from scotd_harness.report import write_report
@@ -189,9 +225,10 @@ def write_results(args, root: Path, teacher: Path) -> None:
         return
     write_report(done[0], sweep=done[1:])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(done[0] / "report.md", RESULTS / f"{args.tag}.md")
     report = json.loads((done[0] / "report.json").read_text())
     report["teacher"] = teacher_accuracy(args, root, teacher)
+    md = (done[0] / "report.md").read_text()
+    (RESULTS / f"{args.tag}.md").write_text(teacher_section(report["teacher"]) + "\n" + md)
     # (the folders are this machine's, not settings of the study)
     report["settings"] = {k: v for k, v in vars(args).items()
                           if k not in ("run_dir", "records", "teacher_run", "teacher", "exclude")}
@@ -216,6 +253,10 @@ def teacher_accuracy(args, root: Path, teacher: Path) -> dict:
         if results.is_file():
             scores = json.loads(results.read_text())["results"]["scotd_csqa"]
             out["dev_greedy_fp32"] = next(v for k, v in scores.items() if k.startswith("acc,"))
+    results = root / "teacher-eval" / "eval" / "teacher" / "results.json"
+    if results.is_file():
+        scores = json.loads(results.read_text())["results"][TEACHER_TASK]
+        out["dev_greedy_fewshot"] = next(v for k, v in scores.items() if k.startswith("acc,"))
     corpus = root / "sample" / "corpus.jsonl"
     if corpus.is_file():
         rows = list(read_corpus(corpus))
@@ -229,6 +270,24 @@ def teacher_accuracy(args, root: Path, teacher: Path) -> dict:
         out["majority_vote"] = (sum(votes[q].most_common(1)[0][0] == a for q, a in gold.items() if votes[q])
                                 / len(gold)) if gold else None
     return out
+
+
+def teacher_section(teacher: dict) -> str:
+    """The teacher's accuracy as markdown, to read the curve against."""
+    def pct(value) -> str:
+        return "not measured" if value is None else f"{100 * value:.1f}%"
+
+    lines = [f"# Teacher: `{teacher.get('student', teacher['export'])}` (its export `{teacher['export']}` sampled)", "",
+             "| measured | accuracy |", "| --- | ---: |",
+             f"| CSQA dev, greedy, the export, with the few-shot prompt it sampled with | {pct(teacher.get('dev_greedy_fewshot'))} |"]
+    if "dev_greedy_fp32" in teacher:
+        lines.append(f"| CSQA dev, greedy, zero-shot as a student (fp32, from its own run) | "
+                     f"{pct(teacher['dev_greedy_fp32'])} |")
+    if teacher.get("sampled_questions"):
+        lines += [(f"| its {teacher['sampled_questions']} sampled train questions: each chain (T=1.0) | "
+                   f"{pct(teacher['per_chain'])} |"),
+                  f"| the same: majority vote over each question's chains | {pct(teacher['majority_vote'])} |"]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
@@ -258,6 +317,7 @@ def main(argv=None):
 
 def run_study(args, root: Path, records: Path, teacher: Path, exclude: Path | None) -> None:
     run_stage("sample", sample_config(args, teacher, exclude, root), root / "sample", "sample", records)
+    teacher_eval(args, root, teacher, records)
     corpus = root / "sample" / "corpus.jsonl"
     wanted = set(args.arms.split(",")) if args.arms else None
     for i, (name, (n, filters)) in enumerate(arms().items()):

@@ -5,6 +5,7 @@ of the machine that made them."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import tarfile
 from pathlib import Path
@@ -25,7 +26,8 @@ def test_a_lost_run_folder_goes_on_from_the_kept_records(tmp_path, monkeypatch, 
     exclude = tmp_path / "seen.jsonl"
     exclude.write_text("")
     args = ["--teacher", str(onnx_student_dir), "--exclude", str(exclude), "--run-dir", "curve",
-            "--records", "kept", "--questions", "2", "--n", "2", "--max-new-tokens", "8", "--arms", "none"]
+            "--records", "kept", "--questions", "2", "--n", "2", "--max-new-tokens", "8", "--arms", "none",
+            "--eval-limit", "2"]
     _chains_curve().main(args)
     monkeypatch.chdir(tmp_path)
     corpus = (tmp_path / "curve" / "sample" / "corpus.jsonl").read_bytes()
@@ -36,8 +38,19 @@ def test_a_lost_run_folder_goes_on_from_the_kept_records(tmp_path, monkeypatch, 
     # the teacher (an export outside the run folder, here) named relative to it, as every path of the configs
     assert str(tmp_path).encode() not in packed and b'"onnx:/' not in packed and b'"teacher": "onnx:../' in packed
 
+    # the teacher scored on dev as it was asked to sample (its few-shot prompt), its records kept beside the sample's
+    scored = json.loads((tmp_path / "curve" / "teacher-eval" / "eval" / "teacher" / "results.json").read_text())
+    assert scored["scotd"]["tasks"] == ["scotd_csqa_fewshot"] and scored["scotd"]["limit"] == 2
+    with tarfile.open(tmp_path / "kept" / "teacher-eval.tar.gz") as tar:
+        packed = b"".join(tar.extractfile(m).read() for m in tar.getmembers())
+    assert str(tmp_path).encode() not in packed and b'": "/' not in packed and b"=/" not in packed  # (no absolute path)
     shutil.rmtree(tmp_path / "curve")
     caplog.clear()
     _chains_curve().main(args)
     assert (tmp_path / "curve" / "sample" / "corpus.jsonl").read_bytes() == corpus
     assert "0 chains written for 0 questions (4 already in the corpus)" in caplog.text
+    # the teacher's own scores come back from their records too, not from scoring it again
+    assert "teacher-eval: evaluated already" in caplog.text
+    assert "teacher-eval: done" not in caplog.text
+    restored = tmp_path / "curve" / "teacher-eval" / "eval" / "teacher" / "results.json"
+    assert json.loads(restored.read_text())["results"] == scored["results"]
