@@ -60,7 +60,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--run-dir", default="runs/chains-curve", help="Folder of the sample and arm run directories.")
     p.add_argument("--records", help="Folder of each stage's records archive, kept as the stage goes and restored\n"
-                                     "from where its run directory is gone (default: bench/results/TAG_records).")
+                                     "from where its run directory is gone (default: RESULTS/TAG_records).")
     p.add_argument("--teacher-run", help="A csqa-palm pipeline run: its onnx/ export is the teacher, the corpus of\n"
                                          "its exported student the questions to leave out.")
     p.add_argument("--teacher-student", help="With --teacher-run: this student of the run instead of the one its\n"
@@ -81,7 +81,8 @@ def parse_args(argv=None):
     p.add_argument("--eval-limit", type=int, default=None, help="First N CSQA dev questions (default: all 1221).")
     p.add_argument("--arms", default=None, help="Comma-separated arm names to run (default: all), e.g. n1-correct.")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tag", default="chains_curve", help="Name of the result files in bench/results/.")
+    p.add_argument("--results", default=str(RESULTS), help="Folder of the result files (default: bench/results).")
+    p.add_argument("--tag", default="chains_curve", help="Name of the result files in --results.")
     return p.parse_args(argv)
 
 
@@ -217,25 +218,27 @@ def teacher_eval(args, root: Path, teacher: Path, records: Path) -> Path:
 
 
 def write_results(args, root: Path, teacher: Path) -> None:
-    """The sweep report over the finished arms, copied into bench/results/ with the teacher's own accuracy."""
+    """The sweep report over the finished arms, written into --results with the teacher's own accuracy first (a
+    run with no arm scored yet gets the teacher's figures alone)."""
+    from scotd_harness import atomic
     from scotd_harness.report import write_report
 
     done = [root / name for name in arms() if (root / name / "eval" / "scotd" / "results.json").is_file()]
-    if not done:
-        return
-    write_report(done[0], sweep=done[1:])
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    report = json.loads((done[0] / "report.json").read_text())
+    report, md = {}, "No arm has been scored yet.\n"
+    if done:
+        write_report(done[0], sweep=done[1:])
+        report = json.loads((done[0] / "report.json").read_text())
+        md = (done[0] / "report.md").read_text()
     report["teacher"] = teacher_accuracy(args, root, teacher)
-    md = (done[0] / "report.md").read_text()
-    (RESULTS / f"{args.tag}.md").write_text(teacher_section(report["teacher"]) + "\n" + md)
     # (the folders are this machine's, not settings of the study)
     report["settings"] = {k: v for k, v in vars(args).items()
-                          if k not in ("run_dir", "records", "teacher_run", "teacher", "exclude")}
-    (RESULTS / f"{args.tag}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    for png in ("accuracy_vs_n.png",):
-        if (done[0] / png).is_file():
-            shutil.copy(done[0] / png, RESULTS / f"{args.tag}.png")
+                          if k not in ("run_dir", "records", "results", "teacher_run", "teacher", "exclude")}
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(results / f"{args.tag}.md", teacher_section(report["teacher"]) + "\n" + md)
+    atomic.write_text(results / f"{args.tag}.json", json.dumps(report, indent=2, default=str) + "\n")
+    if done and (done[0] / "accuracy_vs_n.png").is_file():
+        shutil.copy(done[0] / "accuracy_vs_n.png", results / f"{args.tag}.png")
 
 
 def teacher_accuracy(args, root: Path, teacher: Path) -> dict:
@@ -294,9 +297,9 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     args = parse_args(argv)
-    args.records = args.records or str(RESULTS / f"{args.tag}_records")
+    args.records = args.records or str(Path(args.results) / f"{args.tag}_records")
     # every folder resolved before the script moves into the run folder, where the stage configs' paths start
-    for key in ("run_dir", "records", "teacher_run", "teacher", "exclude"):
+    for key in ("run_dir", "records", "results", "teacher_run", "teacher", "exclude"):
         if getattr(args, key):
             setattr(args, key, str(Path(getattr(args, key)).resolve()))
     if Path(args.student).exists():
@@ -318,6 +321,7 @@ def main(argv=None):
 def run_study(args, root: Path, records: Path, teacher: Path, exclude: Path | None) -> None:
     run_stage("sample", sample_config(args, teacher, exclude, root), root / "sample", "sample", records)
     teacher_eval(args, root, teacher, records)
+    write_results(args, root, teacher)
     corpus = root / "sample" / "corpus.jsonl"
     wanted = set(args.arms.split(",")) if args.arms else None
     for i, (name, (n, filters)) in enumerate(arms().items()):

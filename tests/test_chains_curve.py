@@ -27,7 +27,7 @@ def test_a_lost_run_folder_goes_on_from_the_kept_records(tmp_path, monkeypatch, 
     exclude.write_text("")
     args = ["--teacher", str(onnx_student_dir), "--exclude", str(exclude), "--run-dir", "curve",
             "--records", "kept", "--questions", "2", "--n", "2", "--max-new-tokens", "8", "--arms", "none",
-            "--eval-limit", "2"]
+            "--eval-limit", "2", "--results", "results"]
     _chains_curve().main(args)
     monkeypatch.chdir(tmp_path)
     corpus = (tmp_path / "curve" / "sample" / "corpus.jsonl").read_bytes()
@@ -44,6 +44,14 @@ def test_a_lost_run_folder_goes_on_from_the_kept_records(tmp_path, monkeypatch, 
     with tarfile.open(tmp_path / "kept" / "teacher-eval.tar.gz") as tar:
         packed = b"".join(tar.extractfile(m).read() for m in tar.getmembers())
     assert str(tmp_path).encode() not in packed and b'": "/' not in packed and b"=/" not in packed  # (no absolute path)
+    # the results page opens with the teacher's accuracy, before any arm is scored
+    page = (tmp_path / "results" / "chains_curve.md").read_text()
+    assert page.startswith("# Teacher") and "No arm has been scored yet" in page
+    teacher = json.loads((tmp_path / "results" / "chains_curve.json").read_text())["teacher"]
+    assert teacher["dev_greedy_fewshot"] == scored["results"]["scotd_csqa_fewshot"]["acc,greedy"]
+    assert teacher["sampled_questions"] == 2 and 0 <= teacher["per_chain"] <= 1
+    assert f"| {100 * teacher['dev_greedy_fewshot']:.1f}% |" in page
+
     shutil.rmtree(tmp_path / "curve")
     caplog.clear()
     _chains_curve().main(args)
