@@ -214,13 +214,17 @@ def _paired(row: dict, other: dict, outcomes_by_model: dict) -> dict | None:
     """McNemar's exact test of two rows on the questions both answered (None without logged samples)."""
     mine = outcomes_by_model[row["model"]].get((row["task"], row["filter"]))
     theirs = outcomes_by_model[other["model"]].get((other["task"], other["filter"]))
+    return _paired_outcomes(mine, theirs, f"{other['model']} {other['task']} {other['filter']}")
+
+
+def _paired_outcomes(mine: dict | None, theirs: dict | None, against: str) -> dict | None:
+    """McNemar's exact test of two students' outcomes ({question: Outcome}) on the questions both answered."""
     common = [q for q in mine if q in theirs] if mine and theirs else []
     if not common:
         return None
     paired = mcnemar([mine[q].correct for q in common], [theirs[q].correct for q in common])
-    return {"against": f"{other['model']} {other['task']} {other['filter']}", "n": paired.n,
-            "only_a": paired.only_a, "only_b": paired.only_b, "difference": paired.difference,
-            "p_value": paired.p_value}
+    return {"against": against, "n": paired.n, "only_a": paired.only_a, "only_b": paired.only_b,
+            "difference": paired.difference, "p_value": paired.p_value}
 
 
 def _vs_cose_section(rows: list[dict]) -> str:
@@ -326,8 +330,9 @@ CURVE_FILTERS = ("correct", "all")
 def sweep_rows(runs: list[dict]) -> list[dict]:
     """One row per run of a sweep (runs that differ in chains per question and in filters): its distilled
     student's greedy accuracy with the Wilson interval, and what its corpus held after filtering. A run whose
-    filters are all `correct`/`all` is a point of the curve (a line per filter); any other is a selection arm."""
-    rows = []
+    filters are all `correct`/`all` is a point of the curve (a line per filter); any other is a selection arm.
+    Each row is compared on the same questions with its reference (`_sweep_reference`), in `vs`."""
+    rows, outcomes = [], []
     for run in runs:
         task = f"scotd_{run['config']['task']}"
         greedy = [r for r in accuracy_rows(run) if r["model"] == "scotd" and r["task"] == task
@@ -337,10 +342,25 @@ def sweep_rows(runs: list[dict]) -> list[dict]:
         filters = run["config"]["filters"]
         names = [f.split(":")[0] for f in filters]
         rows.append({"run": run["root"].name, "n": int(run["config"]["n"]), "filters": ", ".join(filters),
-                     "curve": all(name in CURVE_FILTERS for name in names), **_corpus_kept(run),
-                     "acc": greedy[0]["acc"], "ci_low": greedy[0]["ci_low"], "ci_high": greedy[0]["ci_high"],
-                     "questions_evaluated": greedy[0]["n"]})
+                     "curve": all(name in CURVE_FILTERS for name in names),
+                     "random_selection": {n for n in names if n not in CURVE_FILTERS} == {"random-k"},
+                     **_corpus_kept(run), "acc": greedy[0]["acc"], "ci_low": greedy[0]["ci_low"],
+                     "ci_high": greedy[0]["ci_high"], "questions_evaluated": greedy[0]["n"]})
+        outcomes.append(read_outcomes(run["root"] / "eval" / "scotd").get((task, greedy[0]["filter"])))
+    for i, row in enumerate(rows):
+        ref = _sweep_reference(row, rows)
+        row["vs"] = None if ref is None else _paired_outcomes(outcomes[i], outcomes[rows.index(ref)], ref["run"])
     return rows
+
+
+def _sweep_reference(row: dict, rows: list[dict]) -> dict | None:
+    """What a sweep row answers against: a curve point, the point of its filter with the fewest chains (do more
+    chains per question help?); a selection arm, the arm that selects at random (does the rule beat chance?)."""
+    if row["curve"]:
+        ref = min((r for r in rows if r["curve"] and r["filters"] == row["filters"]), key=lambda r: r["n"])
+    else:
+        ref = next((r for r in rows if r["random_selection"]), None)
+    return None if ref is row else ref
 
 
 def _corpus_kept(run: dict) -> dict:
@@ -398,20 +418,24 @@ def _sweep_section(rows: list[dict], path: Path) -> str:
     curve = sorted((r for r in rows if r["curve"]), key=lambda r: (r["filters"], r["n"]))
     chosen = [r for r in rows if not r["curve"]]
     parts = ["## Accuracy against chains per question\n"]
-    header = ("| run | n | filters | chains kept | questions | distinct chains / question | accuracy % | 95% CI |\n"
-              "|---|---:|---|---:|---:|---:|---:|---|\n")
+    header = ("| run | n | filters | chains kept | questions | distinct chains / question | accuracy % | 95% CI | "
+              "against | difference (pts) | McNemar p |\n|---|---:|---|---:|---:|---:|---:|---|---|---:|---:|\n")
 
     def line(r: dict) -> str:
-        distinct = r.get("distinct_per_question")
+        distinct, vs = r.get("distinct_per_question"), r.get("vs")
+        paired = f"{vs['against']} | {100 * vs['difference']:+.1f} | {_p(vs['p_value'])}" if vs else " | | "
         return (f"| {r['run']} | {r['n']} | {r['filters']} | {r.get('chains_kept', '')} | "
                 f"{r.get('questions_kept', '')} | {'' if distinct is None else f'{distinct:.2f}'} | "
-                f"{_pct(r['acc'])} | {_pct(r['ci_low'])}-{_pct(r['ci_high'])} |\n")
+                f"{_pct(r['acc'])} | {_pct(r['ci_low'])}-{_pct(r['ci_high'])} | {paired} |\n")
 
     parts.append(header + "".join(map(line, curve)))
     if len({r["n"] for r in curve}) >= 2 and _plot_sweep(curve, path):
         parts.append(f"\n![sweep]({path.name})\n")
     if chosen:
         parts.append("\n### Selecting chains\n\n" + header + "".join(map(line, chosen)))
+    parts.append("\nEach run against, on the same questions (McNemar's exact test, two-sided): a point of the curve, "
+                 "the point of its filter with the fewest chains per question; a selection, the one that selects "
+                 "at random.\n")
     return "\n".join(parts)
 
 

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from scotd_harness import formats
 from scotd_harness.cli import cli
 from scotd_harness.report import accuracy_rows, load_run, write_report
-from scotd_harness.stats import wilson_interval
+from scotd_harness.stats import mcnemar_exact_p, wilson_interval
 
 N = 40
 LABELS = "abcde"
@@ -359,6 +359,7 @@ def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
         "n1-all": (1, ["all"], set(range(8)), [(0, "a b"), (1, "c d"), (2, "e f")]),
         "n4-all": (4, ["all"], set(range(12)), [(0, "a b"), (0, "q r"), (1, "c d"), (2, "e f")]),
         "n4-random-k": (4, ["correct", "random-k:k=2"], set(range(14)), [(0, "a b"), (0, "x y")]),
+        "n4-likelihood-k": (4, ["correct", "likelihood-k:k=2"], set(range(4, 20)), [(0, "a b"), (1, "c d")]),
     }
     dirs = [_sweep_run(tmp_path, name, *spec) for name, spec in runs.items()]
     res = CliRunner().invoke(cli, ["report", str(dirs[0]), *[arg for d in dirs[1:] for arg in ("--sweep", str(d))]])
@@ -367,13 +368,22 @@ def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
     sweep = json.loads((dirs[0] / "report.json").read_text())["sweep"]
     by_run = {r["run"]: r for r in sweep}
     assert set(by_run) == set(runs)
-    assert [r["curve"] for r in sweep].count(False) == 1 and not by_run["n4-random-k"]["curve"]
+    assert [r["curve"] for r in sweep].count(False) == 2 and not by_run["n4-random-k"]["curve"]
     four = by_run["n4-correct"]
     assert four["acc"] == 16 / N and (four["ci_low"], four["ci_high"]) == wilson_interval(16, N)
     # 4 chains over 2 questions; question t0 has 2 distinct chains once case and spacing are set aside
     assert (four["chains_kept"], four["questions_kept"], four["distinct_per_question"]) == (4, 2, 1.5)
     curve, selection = report.split("### Selecting chains")
     assert "| n4-all | 4 | all |" in curve and "| n4-random-k |" in selection and "random-k" not in curve
+    # more chains against fewer of the same filter, a selection against random selection, on the same questions
+    assert by_run["n1-correct"]["vs"] is None and by_run["n4-random-k"]["vs"] is None
+    more = by_run["n4-correct"]["vs"]
+    assert (more["against"], more["only_a"], more["only_b"], more["n"]) == ("n1-correct", 6, 0, N)
+    assert more["p_value"] == mcnemar_exact_p(6, 0)
+    chosen = by_run["n4-likelihood-k"]["vs"]
+    assert (chosen["against"], chosen["only_a"], chosen["only_b"]) == ("n4-random-k", 6, 4)
+    assert f"| n4-random-k | {100 * 2 / N:+.1f} | {chosen['p_value']:.2g} |" in selection
+    assert "| n1-all | +10.0 |" in curve
     assert (dirs[0] / "accuracy_vs_n.png").stat().st_size > 1000
 
 
