@@ -34,10 +34,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -171,6 +173,39 @@ def arm_config(args, corpus: Path, n: int, filters: list[str], first: bool, root
     }
 
 
+class WallClock:
+    """Seconds each stage has run, summed over sittings (the study takes several on 2 cores), kept in a JSON file
+    beside the records every `every` seconds and when a stage ends: a killed sitting loses at most that much."""
+
+    def __init__(self, path: Path, every: float = 60.0):
+        self.path, self.every = path, every
+        self.seconds: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        started, before, done = time.monotonic(), self.seconds.get(name, 0.0), threading.Event()
+
+        def save() -> None:
+            from scotd_harness import atomic
+
+            self.seconds[name] = round(before + time.monotonic() - started, 1)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_text(self.path, json.dumps(self.seconds, indent=2) + "\n")
+
+        def tick() -> None:
+            while not done.wait(self.every):
+                save()
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            done.set()
+            ticker.join()
+            save()
+
+
 def run_stage(name: str, config: dict, out: Path, until: str, records: Path) -> None:
     """One pipeline run, restored from its archive in `records` where it has one, its records kept there."""
     from scotd_harness.pipeline import PipelineConfig, run_pipeline
@@ -182,6 +217,9 @@ def run_stage(name: str, config: dict, out: Path, until: str, records: Path) -> 
                  restore=archive if archive.is_file() else None, keep_records=archive)
     log.info("%s: done (%.0f s this call)", name, time.monotonic() - started)
 
+
+#: seconds each stage has run, over every sitting (WallClock), in the records folder
+WALL_TIME = "wall_time.json"
 
 #: the teacher's evaluation: the prompt it sampled with (its few-shot CoT exemplars), decoded greedily
 TEACHER_TASK = "scotd_csqa_fewshot"
@@ -217,7 +255,7 @@ def teacher_eval(args, root: Path, teacher: Path, records: Path) -> Path:
     return results
 
 
-def write_results(args, root: Path, teacher: Path) -> None:
+def write_results(args, root: Path, teacher: Path, clock: WallClock) -> None:
     """The sweep report over the finished arms, written into --results with the teacher's own accuracy first (a
     run with no arm scored yet gets the teacher's figures alone)."""
     from scotd_harness import atomic
@@ -230,12 +268,14 @@ def write_results(args, root: Path, teacher: Path) -> None:
         report = json.loads((done[0] / "report.json").read_text())
         md = (done[0] / "report.md").read_text()
     report["teacher"] = teacher_accuracy(args, root, teacher)
+    report["wall_time_s"] = {**clock.seconds, "total": round(sum(clock.seconds.values()), 1)}
     # (the folders are this machine's, not settings of the study)
     report["settings"] = {k: v for k, v in vars(args).items()
                           if k not in ("run_dir", "records", "results", "teacher_run", "teacher", "exclude")}
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(results / f"{args.tag}.md", teacher_section(report["teacher"]) + "\n" + md)
+    atomic.write_text(results / f"{args.tag}.md",
+                      teacher_section(report["teacher"]) + "\n" + wall_time_line(report["wall_time_s"]) + "\n" + md)
     atomic.write_text(results / f"{args.tag}.json", json.dumps(report, indent=2, default=str) + "\n")
     if done and (done[0] / "accuracy_vs_n.png").is_file():
         shutil.copy(done[0] / "accuracy_vs_n.png", results / f"{args.tag}.png")
@@ -293,6 +333,11 @@ def teacher_section(teacher: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def wall_time_line(seconds: dict) -> str:
+    stages = ", ".join(f"{name} {value / 3600:.1f} h" for name, value in seconds.items() if name != "total")
+    return f"Wall time so far, summed over sittings: {seconds['total'] / 3600:.1f} h ({stages}).\n"
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
@@ -309,27 +354,32 @@ def main(argv=None):
             os.environ[var] = str(Path(os.environ[var]).resolve())
     root, records = Path(args.run_dir), Path(args.records)
     root.mkdir(parents=True, exist_ok=True)
-    teacher, exclude = (p.resolve() if p else p for p in teacher_of(args))
+    clock = WallClock(records / WALL_TIME)
+    with clock.stage("teacher"):
+        teacher, exclude = (p.resolve() if p else p for p in teacher_of(args))
     started_in = os.getcwd()
     os.chdir(root)
     try:
-        run_study(args, root, records, teacher, exclude)
+        run_study(args, root, records, teacher, exclude, clock)
     finally:
         os.chdir(started_in)
 
 
-def run_study(args, root: Path, records: Path, teacher: Path, exclude: Path | None) -> None:
-    run_stage("sample", sample_config(args, teacher, exclude, root), root / "sample", "sample", records)
-    teacher_eval(args, root, teacher, records)
-    write_results(args, root, teacher)
+def run_study(args, root: Path, records: Path, teacher: Path, exclude: Path | None, clock: WallClock) -> None:
+    with clock.stage("sample"):
+        run_stage("sample", sample_config(args, teacher, exclude, root), root / "sample", "sample", records)
+    with clock.stage("teacher-eval"):
+        teacher_eval(args, root, teacher, records)
+    write_results(args, root, teacher, clock)
     corpus = root / "sample" / "corpus.jsonl"
     wanted = set(args.arms.split(",")) if args.arms else None
     for i, (name, (n, filters)) in enumerate(arms().items()):
         if wanted is not None and name not in wanted:
             continue
-        run_stage(name, arm_config(args, corpus, n, filters, i == 0, root), root / name, "evaluate", records)
-        write_results(args, root, teacher)
-    write_results(args, root, teacher)
+        with clock.stage(name):
+            run_stage(name, arm_config(args, corpus, n, filters, i == 0, root), root / name, "evaluate", records)
+        write_results(args, root, teacher, clock)
+    write_results(args, root, teacher, clock)
 
 
 if __name__ == "__main__":

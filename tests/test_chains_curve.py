@@ -8,6 +8,7 @@ import importlib.util
 import json
 import shutil
 import tarfile
+import time
 from pathlib import Path
 
 BENCH = Path(__file__).parents[1] / "bench" / "chains_curve.py"
@@ -52,6 +53,10 @@ def test_a_lost_run_folder_goes_on_from_the_kept_records(tmp_path, monkeypatch, 
     assert teacher["sampled_questions"] == 2 and 0 <= teacher["per_chain"] <= 1
     assert f"| {100 * teacher['dev_greedy_fewshot']:.1f}% |" in page
 
+    first_sitting = json.loads((tmp_path / "kept" / "wall_time.json").read_text())
+    assert set(first_sitting) == {"teacher", "sample", "teacher-eval"} and first_sitting["teacher-eval"] > 0
+    assert f"{sum(first_sitting.values()) / 3600:.1f} h" in page
+
     shutil.rmtree(tmp_path / "curve")
     caplog.clear()
     _chains_curve().main(args)
@@ -62,3 +67,22 @@ def test_a_lost_run_folder_goes_on_from_the_kept_records(tmp_path, monkeypatch, 
     assert "teacher-eval: done" not in caplog.text
     restored = tmp_path / "curve" / "teacher-eval" / "eval" / "teacher" / "results.json"
     assert json.loads(restored.read_text())["results"] == scored["results"]
+
+
+def test_the_wall_clock_sums_sittings_and_keeps_a_killed_ones_count(tmp_path):
+    """The study states its wall time over several sittings; one killed mid-stage keeps what it had counted."""
+    clock_file = tmp_path / "wall_time.json"
+    clock = _chains_curve().WallClock(clock_file, every=0.05)
+    with clock.stage("sample"):
+        time.sleep(0.5)
+        # written while the stage runs: what a sitting killed here would leave behind
+        assert json.loads(clock_file.read_text())["sample"] >= 0.1
+    first = json.loads(clock_file.read_text())["sample"]
+    assert first >= 0.5
+    again = _chains_curve().WallClock(clock_file, every=0.05)  # the next sitting
+    with again.stage("sample"):
+        time.sleep(0.2)
+    with again.stage("n1-correct"):
+        pass
+    counted = json.loads(clock_file.read_text())
+    assert counted["sample"] >= first + 0.2 and set(counted) == {"sample", "n1-correct"}
