@@ -4,8 +4,9 @@ The stock `hf` model samples from torch's global generator, so a chain depends o
 it: ask a question alone, in another batch, or after a resume, and its self-consistency chains change. This model
 is `hf` in everything else (loading, log-likelihoods, greedy generation) and decodes sampled requests with the hf
 teacher's sampler: the chains of one context share one prefill, and chain j draws from its own stream, seeded by
-(seed, context, j) (`seeding.chain_seed`), as the scotd-onnx model and the sampling backends do. `scotd eval
---model-type hf` uses it. Decoding settings the sampler does not have (top_p, top_k) fall back to `hf`'s own
+(seed, context, j) (`seeding.chain_seed`), as the scotd-onnx model and the sampling backends do. The context is
+tokenised as `hf` tokenises it (its BOS rule, its left truncation). `scotd eval --model-type hf` uses it.
+Decoding settings the sampler does not have (top_p, top_k) fall back to `hf`'s own
 sampling, with a warning.
 """
 
@@ -31,7 +32,13 @@ class ScotdHFLM(HFLM):
     def __init__(self, *args, seed: int = 1234, **kwargs):
         super().__init__(*args, **kwargs)
         self.seed = int(seed)
-        self._sampler = HFTeacher.over("lm-eval", self.model, self.tokenizer, seed=self.seed)
+        #: the context length `hf` keeps for the request being sampled (it left-truncates to leave room for output)
+        self._context_limit: int | None = None
+        self._sampler = HFTeacher.over("lm-eval", self.model, self.tokenizer, seed=self.seed, encode=self._encode)
+
+    def _encode(self, contexts: list[str]):
+        """The context tokens exactly as `hf`'s generate_until reads them: its BOS rule and left truncation."""
+        return self.tok_batch_encode(contexts, left_truncate_len=self._context_limit, truncation=self.truncation)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         out: list[str | None] = [None] * len(requests)
@@ -55,6 +62,7 @@ class ScotdHFLM(HFLM):
         for (context, _), idx in tqdm(groups.items(), disable=disable_tqdm, desc="scotd-hf sampled contexts"):
             kwargs = normalize_gen_kwargs(dict(requests[idx[0]].args[1]), self.max_gen_toks)
             self._sampler.seed = int(kwargs.get("seed", self.seed))
+            self._context_limit = self.max_length - int(kwargs["max_gen_toks"])
             (chains,) = self._sampler.sample([context], len(idx), float(kwargs["temperature"]),
                                              int(kwargs["max_gen_toks"]),
                                              handle_stop_sequences(kwargs.get("until"), eos=eos),

@@ -34,3 +34,15 @@ def test_stock_lm_eval_finds_scotd_hf():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == "ScotdHFLM"
+
+
+def test_sampled_contexts_are_read_as_hf_reads_them(embedded_model_dir):
+    """A context longer than the model's window leaves room for the output: `hf` keeps its last max_length -
+    max_gen_toks tokens, and so does the seeded sampler (one prefill of exactly those tokens), not the whole."""
+    from scotd_harness.lm_eval_hf import ScotdHFLM
+
+    lm = ScotdHFLM(pretrained=str(embedded_model_dir), device="cpu", batch_size=4, seed=7, max_length=40)
+    long_context = "Q: " + "Which of these is green? " * 12 + GRASS.removeprefix("Q: ")
+    assert len(lm.tok_encode(long_context)) > 40
+    chains = lm.generate_until(_requests((long_context, SAMPLED, 2)), disable_tqdm=True)
+    assert len(chains) == 2 and lm._sampler.prefill_tokens == 40 - SAMPLED["max_gen_toks"]

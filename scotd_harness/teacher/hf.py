@@ -73,15 +73,19 @@ class HFTeacher(TeacherBackend):
         self._setup(lm, AutoTokenizer.from_pretrained(path), max_batch_rows, shared_prefill, seed)
 
     @classmethod
-    def over(cls, name: str, lm, tokenizer, *, seed: int = 0, max_batch_rows: int = 64) -> HFTeacher:
+    def over(cls, name: str, lm, tokenizer, *, seed: int = 0, max_batch_rows: int = 64, encode=None) -> HFTeacher:
         """The sampler over a model something else has loaded (lm-eval's `scotd-hf`), sharing its weights; the
-        tokenizer is copied, since sampling pads on the left."""
+        tokenizer is copied, since sampling pads on the left. `encode(prompts) -> (input_ids, attention_mask)`,
+        left-padded, replaces the tokenizer's default encoding: the chains then start from the tokens the owner
+        would have read (lm-eval's BOS and truncation rules)."""
         import copy
 
         self = cls.__new__(cls)
         TeacherBackend.__init__(self, name)
         self.device = next(lm.parameters()).device
         self._setup(lm, copy.deepcopy(tokenizer), max_batch_rows, True, seed)
+        if encode is not None:
+            self._encode = encode
         return self
 
     def _setup(self, lm, tokenizer, max_batch_rows: int, shared_prefill: bool, seed: int) -> None:
@@ -121,13 +125,15 @@ class HFTeacher(TeacherBackend):
             out.extend(self._sample_batch(list(prompts[start:end]), n, temperature, max_new_tokens, stop, rngs))
         return out
 
+    def _encode(self, prompts: list[str]):
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
+        return enc["input_ids"], enc["attention_mask"]
+
     def _sample_batch(self, prompts, n, temperature, max_new_tokens, stop, rngs) -> list[list[Completion]]:
         """`rngs`: one random stream per sample row (prompt-major: prompt i's chains are rows i*n .. i*n+n-1)."""
         import torch
 
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
-        ids = enc["input_ids"].to(self.device)
-        mask = enc["attention_mask"].to(self.device)
+        ids, mask = (t.to(self.device) for t in self._encode(prompts))
         if not self.shared_prefill:  # naive: every sample row carries (and prefills) its own copy of the prompt
             ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
