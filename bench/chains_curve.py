@@ -2,8 +2,8 @@
 
 The teacher is the project's best distilled CSQA student (PaLM-540B chains), exported: by default the int4 export
 of a `scotd pipeline --preset csqa-palm` run (`--teacher-run`), whose training corpus names the questions it has
-seen. Stages, each a pipeline run directory under --run-dir (a rerun of the same command resumes every one of
-them where it stopped; each records its finished stages in its stages.json):
+seen. Stages, each a folder under --run-dir (a rerun of the same command resumes every one of them where it
+stopped; the sample and the arms are pipeline run directories, which record their finished stages in stages.json):
 
 1. ``sample``: N=16 chains at T=1.0 (the paper's temperature) for --questions CSQA train questions the teacher
    never trained on (pipeline `exclude_questions`), through the torch-free `onnx:` teacher.
@@ -15,13 +15,14 @@ them where it stopped; each records its finished stages in its stages.json):
    random-k, likelihood-k (teacher log-probs), diversity-k (MiniLM k-means), and open-ended (the most open-ended
    half of the questions, 8 chains each). Each is scored greedily on CSQA dev through scotd-onnx.
 4. ``report``: `scotd report --sweep` over the arm runs (accuracy against n, a line per filter, the selection
-   table) into bench/results/chains_curve.{md,json} and accuracy_vs_n.png, with the teacher's accuracy on dev
-   and on the sampled questions and each arm's corpus statistics. Rewritten after every arm, so a partial run
-   has its figures.
+   table, each compared on the same questions) into --results as TAG.{md,json} and TAG.png (the curve), with the
+   teacher's accuracy on dev and on the sampled questions, each arm's corpus statistics and the wall time of every
+   stage over all sittings (kept in the records folder as wall_time.json). Rewritten after the teacher is scored
+   and after every arm, so a partial run has its figures.
 
 Each stage's records (run_records: the sampled chains without their questions' text, every arm's training record
-and scores, never weights) are kept in --records (bench/results/TAG_records/) as STAGE.tar.gz, rewritten as the stage goes (every 10 minutes
-while sampling). Where --run-dir is gone (another machine, a lost scratch disk), the same command restores each
+and scores, never weights) are kept in --records (RESULTS/TAG_records/) as STAGE.tar.gz, rewritten as the stage
+goes (every 10 minutes while sampling). Where --run-dir is gone (another machine, a lost scratch disk), the same command restores each
 stage from its archive: a restored sample is not sampled again, a scored arm is not trained again. The run
 configs name the teacher and the sampled corpus relative to --run-dir (the script works inside it), so the
 archives name no folder of the machine that made them; the teacher run must keep its place beside --run-dir.
@@ -38,7 +39,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -180,6 +180,7 @@ class WallClock:
     def __init__(self, path: Path, every: float = 60.0):
         self.path, self.every = path, every
         self.seconds: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+        self._lock = threading.Lock()
 
     @contextlib.contextmanager
     def stage(self, name: str):
@@ -188,9 +189,9 @@ class WallClock:
         def save() -> None:
             from scotd_harness import atomic
 
-            self.seconds[name] = round(before + time.monotonic() - started, 1)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic.write_text(self.path, json.dumps(self.seconds, indent=2) + "\n")
+            with self._lock:
+                self.seconds[name] = round(before + time.monotonic() - started, 1)
+                atomic.write_json(self.path, self.seconds)
 
         def tick() -> None:
             while not done.wait(self.every):
@@ -228,31 +229,57 @@ TEACHER_TASK = "scotd_csqa_fewshot"
 def teacher_eval(args, root: Path, teacher: Path, records: Path) -> Path:
     """Score the teacher on CSQA dev into root/teacher-eval (a run folder of its own: config.json and
     eval/teacher/), its records kept in `records` and restored from there like every stage's."""
-    from scotd_harness import run_records
+    from scotd_harness import atomic, run_records
+    from scotd_harness.errors import ScotdError
     from scotd_harness.evaluate import evaluate
 
     out, archive = root / "teacher-eval", records / "teacher-eval.tar.gz"
-    config = {"teacher": f"onnx:{_inside(teacher, root)}", "task": TEACHER_TASK, "limit": args.eval_limit,
+    export = json.loads((teacher / "scotd.json").read_text())
+    # the export's weights and quantisation, not only its folder: another student exported to the same place is
+    # another teacher
+    config = {"teacher": f"onnx:{_inside(teacher, root)}", "student_sha256": export.get("student_sha256"),
+              "quantization": export.get("quantization"), "task": TEACHER_TASK, "limit": args.eval_limit,
               "seed": args.seed, "batch_size": 16}
     results = out / "eval" / "teacher" / "results.json"
 
     def differences(old: dict, current: dict) -> list[str]:
         return sorted(k for k in set(old) | set(current) if old.get(k) != current.get(k))
 
-    if not results.is_file() and archive.is_file():
-        run_records.put(run_records.read(archive, config, differences), out)
+    def refuse(where: Path, diff: list[str]) -> ScotdError:
+        return ScotdError(f"{where} holds the teacher's scores under other settings ({', '.join(diff)} differ); "
+                          f"move it aside to score this teacher again")
+
+    if (out / "config.json").is_file():
+        diff = differences(json.loads((out / "config.json").read_text()), config)
+        if diff:
+            raise refuse(out, diff)
+    elif archive.is_file():
+        try:
+            run_records.put(run_records.read(archive, config, differences), out)
+        except ScotdError as e:
+            raise ScotdError(f"{e} (move {archive} aside to score this teacher again)") from e
     if results.is_file():
         log.info("teacher-eval: evaluated already (%s)", results.relative_to(root))
         return results
     started = time.monotonic()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    atomic.write_json(out / "config.json", config)
     output = evaluate(_inside(teacher, root), [TEACHER_TASK], model_type="scotd-onnx", limit=args.eval_limit,
                       batch_size=config["batch_size"], output_dir=results.parent, seed=args.seed, log_samples=True)
     log.info("teacher-eval:\n%s", output.table)
     run_records.pack(out, archive)
     log.info("teacher-eval: done (%.0f s)", time.monotonic() - started)
     return results
+
+
+def greedy_accuracy(results: Path, task: str) -> tuple[float, int | None] | None:
+    """(accuracy, questions scored) of `task` in an lm-eval results file; None where it holds no accuracy."""
+    data = json.loads(results.read_text())
+    scores = data.get("results", {}).get(task, {})
+    acc = next((v for k, v in scores.items() if k.startswith("acc,")), None)
+    if acc is None:
+        log.warning("%s: no accuracy of %s in it", results, task)
+        return None
+    return acc, (data.get("n-samples") or {}).get(task, {}).get("effective")
 
 
 def write_results(args, root: Path, teacher: Path, clock: WallClock) -> None:
@@ -273,12 +300,15 @@ def write_results(args, root: Path, teacher: Path, clock: WallClock) -> None:
     report["settings"] = {k: v for k, v in vars(args).items()
                           if k not in ("run_dir", "records", "results", "teacher_run", "teacher", "exclude")}
     results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
+    # the report's charts beside the page, under this study's names, its links pointing at them
+    for chart, name in (("accuracy_vs_n.png", f"{args.tag}.png"), ("accuracy.png", f"{args.tag}_accuracy.png")):
+        if done and (done[0] / chart).is_file():
+            with atomic.atomic_open(results / name, "wb") as f:
+                f.write((done[0] / chart).read_bytes())
+            md = md.replace(f"]({chart})", f"]({name})")
     atomic.write_text(results / f"{args.tag}.md",
                       teacher_section(report["teacher"]) + "\n" + wall_time_line(report["wall_time_s"]) + "\n" + md)
-    atomic.write_text(results / f"{args.tag}.json", json.dumps(report, indent=2, default=str) + "\n")
-    if done and (done[0] / "accuracy_vs_n.png").is_file():
-        shutil.copy(done[0] / "accuracy_vs_n.png", results / f"{args.tag}.png")
+    atomic.write_json(results / f"{args.tag}.json", report, default=str)
 
 
 def teacher_accuracy(args, root: Path, teacher: Path) -> dict:
@@ -293,13 +323,13 @@ def teacher_accuracy(args, root: Path, teacher: Path) -> dict:
         run = Path(args.teacher_run)
         out["student"] = student = teacher_student(args)
         results = run / "eval" / student / "results.json"
-        if results.is_file():
-            scores = json.loads(results.read_text())["results"]["scotd_csqa"]
-            out["dev_greedy_fp32"] = next(v for k, v in scores.items() if k.startswith("acc,"))
+        scored = greedy_accuracy(results, "scotd_csqa") if results.is_file() else None
+        if scored:
+            out["dev_greedy_fp32"], out["dev_greedy_fp32_questions"] = scored
     results = root / "teacher-eval" / "eval" / "teacher" / "results.json"
-    if results.is_file():
-        scores = json.loads(results.read_text())["results"][TEACHER_TASK]
-        out["dev_greedy_fewshot"] = next(v for k, v in scores.items() if k.startswith("acc,"))
+    scored = greedy_accuracy(results, TEACHER_TASK) if results.is_file() else None
+    if scored:
+        out["dev_greedy_fewshot"], out["dev_greedy_fewshot_questions"] = scored
     corpus = root / "sample" / "corpus.jsonl"
     if corpus.is_file():
         rows = list(read_corpus(corpus))
@@ -320,22 +350,30 @@ def teacher_section(teacher: dict) -> str:
     def pct(value) -> str:
         return "not measured" if value is None else f"{100 * value:.1f}%"
 
+    def questions(key: str) -> str:
+        return "" if teacher.get(key) is None else str(teacher[key])
+
     lines = [f"# Teacher: `{teacher.get('student', teacher['export'])}` (its export `{teacher['export']}` sampled)", "",
-             "| measured | accuracy |", "| --- | ---: |",
-             f"| CSQA dev, greedy, the export, with the few-shot prompt it sampled with | {pct(teacher.get('dev_greedy_fewshot'))} |"]
+             "| measured | questions | accuracy |", "| --- | ---: | ---: |",
+             (f"| CSQA dev, greedy, the export, with the few-shot prompt it sampled with | "
+              f"{questions('dev_greedy_fewshot_questions')} | {pct(teacher.get('dev_greedy_fewshot'))} |")]
     if "dev_greedy_fp32" in teacher:
         lines.append(f"| CSQA dev, greedy, zero-shot as a student (fp32, from its own run) | "
-                     f"{pct(teacher['dev_greedy_fp32'])} |")
+                     f"{questions('dev_greedy_fp32_questions')} | {pct(teacher['dev_greedy_fp32'])} |")
     if teacher.get("sampled_questions"):
-        lines += [(f"| its {teacher['sampled_questions']} sampled train questions: each chain (T=1.0) | "
+        lines += [(f"| the sampled train questions: each chain (T=1.0) | {teacher['sampled_questions']} | "
                    f"{pct(teacher['per_chain'])} |"),
-                  f"| the same: majority vote over each question's chains | {pct(teacher['majority_vote'])} |"]
+                  (f"| the same: majority vote over each question's chains | {teacher['sampled_questions']} | "
+                   f"{pct(teacher['majority_vote'])} |")]
     return "\n".join(lines) + "\n"
 
 
 def wall_time_line(seconds: dict) -> str:
-    stages = ", ".join(f"{name} {value / 3600:.1f} h" for name, value in seconds.items() if name != "total")
-    return f"Wall time so far, summed over sittings: {seconds['total'] / 3600:.1f} h ({stages}).\n"
+    def hm(value: float) -> str:
+        return f"{int(value // 3600)}:{int(value % 3600 // 60):02d}"
+
+    stages = ", ".join(f"{name} {hm(value)}" for name, value in seconds.items() if name != "total")
+    return f"Wall time so far, summed over sittings (h:mm): {hm(seconds['total'])} ({stages}).\n"
 
 
 def main(argv=None):

@@ -5,7 +5,7 @@ it: ask a question alone, in another batch, or after a resume, and its self-cons
 is `hf` in everything else (loading, log-likelihoods, greedy generation) and decodes sampled requests with the hf
 teacher's sampler: the chains of one context share one prefill, and chain j draws from its own stream, seeded by
 (seed, context, j) (`seeding.chain_seed`), as the scotd-onnx model and the sampling backends do. The context is
-tokenised as `hf` tokenises it (its BOS rule, its left truncation). `scotd eval --model-type hf` uses it.
+tokenised by `hf`'s own encoder with its left truncation (one context at a time). `scotd eval --model-type hf` uses it.
 Decoding settings the sampler does not have (top_p, top_k) fall back to `hf`'s own
 sampling, with a warning.
 """
@@ -63,6 +63,9 @@ class ScotdHFLM(HFLM):
             kwargs = normalize_gen_kwargs(dict(requests[idx[0]].args[1]), self.max_gen_toks)
             self._sampler.seed = int(kwargs.get("seed", self.seed))
             self._context_limit = self.max_length - int(kwargs["max_gen_toks"])
+            if self._context_limit <= 0:  # (hf asserts the same)
+                raise ValueError(f"max_gen_toks {kwargs['max_gen_toks']} leaves no room for the context in a "
+                                 f"window of {self.max_length} tokens")
             (chains,) = self._sampler.sample([context], len(idx), float(kwargs["temperature"]),
                                              int(kwargs["max_gen_toks"]),
                                              handle_stop_sequences(kwargs.get("until"), eos=eos),

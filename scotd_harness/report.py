@@ -346,21 +346,27 @@ def sweep_rows(runs: list[dict]) -> list[dict]:
                      "random_selection": {n for n in names if n not in CURVE_FILTERS} == {"random-k"},
                      **_corpus_kept(run), "acc": greedy[0]["acc"], "ci_low": greedy[0]["ci_low"],
                      "ci_high": greedy[0]["ci_high"], "questions_evaluated": greedy[0]["n"]})
-        outcomes.append(read_outcomes(run["root"] / "eval" / "scotd").get((task, greedy[0]["filter"])))
+        merged: dict = {}  # (the folders accuracy_rows read, in its order)
+        for _, folder_outcomes in _result_folders(run["root"] / "eval" / "scotd"):
+            merged.update(folder_outcomes)
+        outcomes.append(merged.get((task, greedy[0]["filter"])))
     for i, row in enumerate(rows):
-        ref = _sweep_reference(row, rows)
-        row["vs"] = None if ref is None else _paired_outcomes(outcomes[i], outcomes[rows.index(ref)], ref["run"])
+        ref = _sweep_reference(i, rows)
+        row["vs"] = None if ref is None else _paired_outcomes(outcomes[i], outcomes[ref], rows[ref]["run"])
     return rows
 
 
-def _sweep_reference(row: dict, rows: list[dict]) -> dict | None:
-    """What a sweep row answers against: a curve point, the point of its filter with the fewest chains (do more
-    chains per question help?); a selection arm, the arm that selects at random (does the rule beat chance?)."""
+def _sweep_reference(i: int, rows: list[dict]) -> int | None:
+    """The row a sweep row answers against: a curve point, the point of its filter with the fewest chains (do more
+    chains per question help?); a selection arm, the arm that selects at random from as many chains per question
+    (does the rule beat chance?). None for the reference itself, or where there is none."""
+    row = rows[i]
     if row["curve"]:
-        ref = min((r for r in rows if r["curve"] and r["filters"] == row["filters"]), key=lambda r: r["n"])
+        same = [j for j, r in enumerate(rows) if r["curve"] and r["filters"] == row["filters"]]
+        ref = min(same, key=lambda j: rows[j]["n"])
     else:
-        ref = next((r for r in rows if r["random_selection"]), None)
-    return None if ref is row else ref
+        ref = next((j for j, r in enumerate(rows) if r["random_selection"] and r["n"] == row["n"]), None)
+    return None if ref == i else ref
 
 
 def _corpus_kept(run: dict) -> dict:

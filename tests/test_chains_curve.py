@@ -11,6 +11,10 @@ import tarfile
 import time
 from pathlib import Path
 
+import pytest
+
+from scotd_harness.errors import ScotdError
+
 BENCH = Path(__file__).parents[1] / "bench" / "chains_curve.py"
 
 
@@ -55,7 +59,8 @@ def test_a_lost_run_folder_goes_on_from_the_kept_records(tmp_path, monkeypatch, 
 
     first_sitting = json.loads((tmp_path / "kept" / "wall_time.json").read_text())
     assert set(first_sitting) == {"teacher", "sample", "teacher-eval"} and first_sitting["teacher-eval"] > 0
-    assert f"{sum(first_sitting.values()) / 3600:.1f} h" in page
+    wall = json.loads((tmp_path / "results" / "chains_curve.json").read_text())["wall_time_s"]
+    assert wall == {**first_sitting, "total": round(sum(first_sitting.values()), 1)}
 
     shutil.rmtree(tmp_path / "curve")
     caplog.clear()
@@ -69,8 +74,9 @@ def test_a_lost_run_folder_goes_on_from_the_kept_records(tmp_path, monkeypatch, 
     assert json.loads(restored.read_text())["results"] == scored["results"]
 
 
-def test_the_wall_clock_sums_sittings_and_keeps_a_killed_ones_count(tmp_path):
-    """The study states its wall time over several sittings; one killed mid-stage keeps what it had counted."""
+def test_the_wall_clock_sums_sittings_and_counts_while_a_stage_runs(tmp_path):
+    """The study states its wall time over several sittings: the count is on disk while a stage runs (what a
+    sitting killed there leaves behind), and the next sitting adds to it."""
     clock_file = tmp_path / "wall_time.json"
     clock = _chains_curve().WallClock(clock_file, every=0.05)
     with clock.stage("sample"):
@@ -86,3 +92,26 @@ def test_the_wall_clock_sums_sittings_and_keeps_a_killed_ones_count(tmp_path):
         pass
     counted = json.loads(clock_file.read_text())
     assert counted["sample"] >= first + 0.2 and set(counted) == {"sample", "n1-correct"}
+
+
+def test_teacher_scores_of_other_settings_are_refused(tmp_path, monkeypatch, data_dir, onnx_student_dir):
+    """Scores of the teacher on 2 questions are not shown as its scores on 3: the run folder's and the kept
+    archive's are refused, and left as they were."""
+    monkeypatch.chdir(tmp_path)
+    exclude = tmp_path / "seen.jsonl"
+    exclude.write_text("")
+    args = ["--teacher", str(onnx_student_dir), "--exclude", str(exclude), "--run-dir", "curve", "--records", "kept",
+            "--questions", "1", "--n", "1", "--max-new-tokens", "8", "--arms", "none", "--results", "results"]
+    _chains_curve().main([*args, "--eval-limit", "2"])
+    monkeypatch.chdir(tmp_path)
+    scored = tmp_path / "curve" / "teacher-eval" / "eval" / "teacher" / "results.json"
+    kept = tmp_path / "kept" / "teacher-eval.tar.gz"
+    before = scored.read_bytes(), kept.read_bytes()
+    with pytest.raises(ScotdError, match=r"other settings \(limit differ\); move it aside"):
+        _chains_curve().main([*args, "--eval-limit", "3"])
+    monkeypatch.chdir(tmp_path)
+    assert scored.read_bytes() == before[0]
+    shutil.rmtree(tmp_path / "curve" / "teacher-eval")
+    with pytest.raises(ScotdError, match=r"other settings \(limit differ\).*move .*teacher-eval.tar.gz aside"):
+        _chains_curve().main([*args, "--eval-limit", "3"])
+    assert kept.read_bytes() == before[1]

@@ -360,6 +360,7 @@ def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
         "n4-all": (4, ["all"], set(range(12)), [(0, "a b"), (0, "q r"), (1, "c d"), (2, "e f")]),
         "n4-random-k": (4, ["correct", "random-k:k=2"], set(range(14)), [(0, "a b"), (0, "x y")]),
         "n4-likelihood-k": (4, ["correct", "likelihood-k:k=2"], set(range(4, 20)), [(0, "a b"), (1, "c d")]),
+        "n1-diversity-k": (1, ["correct", "diversity-k:k=1"], set(range(3)), [(0, "a b")]),
     }
     dirs = [_sweep_run(tmp_path, name, *spec) for name, spec in runs.items()]
     res = CliRunner().invoke(cli, ["report", str(dirs[0]), *[arg for d in dirs[1:] for arg in ("--sweep", str(d))]])
@@ -368,7 +369,7 @@ def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
     sweep = json.loads((dirs[0] / "report.json").read_text())["sweep"]
     by_run = {r["run"]: r for r in sweep}
     assert set(by_run) == set(runs)
-    assert [r["curve"] for r in sweep].count(False) == 2 and not by_run["n4-random-k"]["curve"]
+    assert [r["curve"] for r in sweep].count(False) == 3 and not by_run["n4-random-k"]["curve"]
     four = by_run["n4-correct"]
     assert four["acc"] == 16 / N and (four["ci_low"], four["ci_high"]) == wilson_interval(16, N)
     # 4 chains over 2 questions; question t0 has 2 distinct chains once case and spacing are set aside
@@ -377,6 +378,7 @@ def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
     assert "| n4-all | 4 | all |" in curve and "| n4-random-k |" in selection and "random-k" not in curve
     # more chains against fewer of the same filter, a selection against random selection, on the same questions
     assert by_run["n1-correct"]["vs"] is None and by_run["n4-random-k"]["vs"] is None
+    assert by_run["n1-diversity-k"]["vs"] is None  # no random selection from 1 chain per question to beat
     more = by_run["n4-correct"]["vs"]
     assert (more["against"], more["only_a"], more["only_b"], more["n"]) == ("n1-correct", 6, 0, N)
     assert more["p_value"] == mcnemar_exact_p(6, 0)
