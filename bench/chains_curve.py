@@ -12,8 +12,10 @@ stopped; the sample and the arms are pipeline run directories, which record thei
 3. ``arms``: fresh students from the same base, on those questions' chains, every one with the same optimizer
    steps and learning rate: n in {1, 4, 16} (the first n chains of each question) x {correct (supervised), all
    (few-shot)}; then at n=16 four selections of the correct chains, each keeping 4 per question's worth:
-   random-k, likelihood-k (teacher log-probs), diversity-k (MiniLM k-means), and open-ended (the most open-ended
-   half of the questions, 8 chains each). Each is scored greedily on CSQA dev through scotd-onnx.
+   random-k, likelihood-k (teacher log-probs), diversity-k (MiniLM k-means), each 4 distinct chains, and
+   open-ended (the half of the questions whose 16 chains differ most, ranked before the answer filter so every
+   question is ranked on as many chains; then 8 correct chains each). Each is scored greedily on CSQA dev through
+   scotd-onnx.
 4. ``report``: `scotd report --sweep` over the arm runs (accuracy against n, a line per filter, the selection
    table, each compared on the same questions) into --results as TAG.{md,json} and TAG.png (the curve), with the
    teacher's accuracy on dev and on the sampled questions, each arm's corpus statistics and the wall time of every
@@ -49,12 +51,13 @@ log = logging.getLogger("chains_curve")
 
 CURVE_N = (1, 4, 16)
 CURVE_FILTERS = ("correct", "all")
-#: the selection arms at n=16: each keeps about 4 correct chains per question of the corpus
+#: the selection arms at n=16: each keeps about 4 correct chains per question of the corpus. open-ended ranks the
+#: questions on all 16 chains: after `correct` they hold 1 to 16 and the one-chain ones could not be ranked
 SELECTIONS = {
     "random-k": ["correct", "random-k:k=4"],
     "likelihood-k": ["correct", "likelihood-k:k=4"],
     "diversity-k": ["correct", "diversity-k:k=4"],
-    "open-ended": ["correct", "open-ended:fraction=0.5", "random-k:k=8"],
+    "open-ended": ["open-ended:fraction=0.5", "correct", "random-k:k=8"],
 }
 
 

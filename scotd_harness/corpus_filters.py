@@ -11,9 +11,15 @@ only answer filtering.
 - `likelihood-k`: the k chains per question with the highest mean per-token teacher log-probability.
 - `diversity-k`: the k chains per question nearest the centres of k k-means clusters of their embeddings
   (all-MiniLM-L6-v2 from the `diversity` extra, or TF-IDF vectors with `embedder=tfidf`).
-- `open-ended`: whole questions, ranked by the number of distinct word bigrams across their chains (questions
-  whose chains disagree most are the open-ended ones); keeps the top `fraction` (or `top` questions), or the
-  bottom with `lowest=true` for the contrast run.
+- `open-ended`: whole questions, ranked by how much their chains differ (the mean, over pairs of chains, of the
+  Jaccard distance between their word-bigram sets: questions whose chains disagree most are the open-ended ones);
+  keeps the top `fraction` (or `top` questions), or the bottom with `lowest=true` for the contrast run.
+
+The three k-selections take k *distinct* chains (same text after case and spacing) while a question has that
+many, so they differ only in their rule: a teacher samples its likeliest chain several times, and a duplicate
+teaches nothing new. The open-ended score is a mean over pairs, so a question with 16 chains and one with 3 are
+ranked on the same scale; a question with one chain cannot be ranked and is left out (put `open-ended` before
+`correct` to rank every question on all of its chains).
 
 A spec on the command line is `name` or `name:key=value,key=value`; a bare value fills the first option
 (`random-k:5` is `random-k:k=5`).
@@ -73,6 +79,23 @@ class PerQuestionFilter(CorpusFilter):
         return [row for i, row in enumerate(rows) if i in keep]
 
 
+def chain_key(row: CorpusRow) -> tuple[str, str]:
+    """What makes two chains the same: their rationale ignoring case and spacing, and their answer."""
+    return " ".join(row.rationale.lower().split()), row.prediction
+
+
+def distinct_first(group: Sequence[CorpusRow], order: Sequence[int], k: int) -> list[int]:
+    """The first k positions of `order` that are distinct chains; repeats fill in, in `order`, only when the
+    question has fewer than k distinct chains."""
+    seen: set[tuple[str, str]] = set()
+    chosen, repeats = [], []
+    for j in dict.fromkeys(order):  # each position once, in order
+        key = chain_key(group[j])
+        (repeats if key in seen else chosen).append(j)
+        seen.add(key)
+    return sorted((chosen + repeats)[:k])
+
+
 def _check_k(k) -> int:
     k = int(k)
     if k < 1:
@@ -119,8 +142,9 @@ class RandomK(PerQuestionFilter):
     def select(self, group):
         if len(group) <= self.k:
             return list(range(len(group)))
-        rng = random.Random(f"{self.seed}:{group[0].task}:{group[0].id}")  # str seeds are stable across runs
-        return sorted(rng.sample(range(len(group)), self.k))
+        order = list(range(len(group)))
+        random.Random(f"{self.seed}:{group[0].task}:{group[0].id}").shuffle(order)  # str seeds: stable across runs
+        return distinct_first(group, order, self.k)
 
 
 class LikelihoodK(PerQuestionFilter):
@@ -139,7 +163,7 @@ class LikelihoodK(PerQuestionFilter):
 
     def select(self, group):
         order = sorted(range(len(group)), key=lambda j: (-self.score(group[j]), j))
-        return order[: self.k]
+        return distinct_first(group, order, self.k)
 
 
 class DiversityK(PerQuestionFilter):
@@ -168,18 +192,24 @@ class DiversityK(PerQuestionFilter):
     def select(self, group):
         if len(group) <= self.k:
             return list(range(len(group)))
-        texts = [row.rationale for row in group]
-        first_of: dict[str, int] = {}
-        for j, text in enumerate(texts):
-            first_of.setdefault(text, j)
+        first_of: dict[tuple[str, str], int] = {}
+        for j, row in enumerate(group):
+            first_of.setdefault(chain_key(row), j)
         distinct = sorted(first_of.values())
         if len(distinct) <= self.k:  # too few distinct chains to cluster: every distinct one, then fill in order
-            rest = [j for j in range(len(group)) if j not in set(distinct)]
-            return sorted(distinct + rest[: self.k - len(distinct)])
+            return distinct_first(group, range(len(group)), self.k)
         import numpy as np
         from sklearn.cluster import KMeans
 
-        vectors = np.asarray(self._vectors([texts[j] for j in distinct]), dtype=np.float64)
+        vectors = np.asarray(self._vectors([group[j].rationale for j in distinct]), dtype=np.float64)
+        # texts that differ only where the embedder does not look (case, for an uncased one) are one point:
+        # k-means on fewer than k points would leave a cluster empty
+        _, first_point = np.unique(vectors, axis=0, return_index=True)
+        if len(first_point) <= self.k:
+            order = [distinct[j] for j in sorted(first_point)] + list(range(len(group)))
+            return distinct_first(group, order, self.k)
+        distinct = [distinct[j] for j in sorted(first_point)]
+        vectors = vectors[sorted(first_point)]
         km = KMeans(n_clusters=self.k, n_init=10, random_state=self.seed).fit(vectors)
         chosen = []
         for c in range(self.k):
@@ -201,17 +231,27 @@ class OpenEnded(CorpusFilter):
             raise ScotdError(f"open-ended: fraction must be in (0, 1], got {self.fraction}")
 
     @staticmethod
-    def unique_bigrams(group: Sequence[CorpusRow]) -> int:
-        bigrams = set()
+    def disagreement(group: Sequence[CorpusRow]) -> float | None:
+        """Mean Jaccard distance between the word-bigram sets of every pair of chains; None for a single chain.
+        A mean over pairs, unlike a count of distinct bigrams, does not grow with the number of chains."""
+        sets = []
         for row in group:
             words = row.rationale.lower().split()
-            bigrams.update(zip(words, words[1:]))
-        return len(bigrams)
+            sets.append(set(zip(words, words[1:])))
+        pairs = [(a, b) for i, a in enumerate(sets) for b in sets[i + 1:]]
+        if not pairs:
+            return None
+        return sum(1 - len(a & b) / len(a | b) if a | b else 0.0 for a, b in pairs) / len(pairs)
 
     def apply(self, rows):
         rows = list(rows)
         groups = group_by_question(rows)
-        scored = [(self.unique_bigrams([rows[i] for i in pos]), n, key) for n, (key, pos) in enumerate(groups.items())]
+        scores = [(self.disagreement([rows[i] for i in pos]), n, key) for n, (key, pos) in enumerate(groups.items())]
+        scored = [t for t in scores if t[0] is not None]
+        if len(scored) < len(scores):
+            log.warning("open-ended: %d of %d questions have a single chain, which cannot be ranked, and are left "
+                        "out (filter with open-ended before correct to rank them on all their chains)",
+                        len(scores) - len(scored), len(scores))
         # most open-ended first (ties: file order); lowest=true takes the other end
         scored.sort(key=lambda t: (t[0], -t[1]) if self.lowest else (-t[0], t[1]))
         count = self.top if self.top is not None else max(1, round(self.fraction * len(scored)))

@@ -138,14 +138,20 @@ def truncate_at_stop(text: str, stop: Iterable[str] = STOP_STRINGS) -> str:
 
 
 # "So the answer is: (b)", "the answer is (b) math problem.", "The answer is b." -- the last one wins, because
-# rationales sometimes mention an option before concluding.
-_ANSWER_RE = re.compile(r"answer is\s*:?\s*\(?\s*([a-j])\s*\)(?!\w)|answer is\s*:?\s*([a-j])(?:[.\s]|$)", re.I)
+# rationales sometimes mention an option before concluding. A bare lower-case "a" before a word is the article
+# ("the answer is a cat."), not label (a): that sentence is read by its choice text instead.
+_ANSWER_RE = re.compile(
+    r"answer is\s*:?\s*\(?\s*([a-j])\s*\)(?!\w)|answer is\s*:?\s*(?!(?-i:a)\s+[a-z])([a-j])(?:[.\s]|$)", re.I
+)
 _ANSWER_TEXT_RE = re.compile(r"answer is\s*:?\s*(.+?)\s*\.?\s*$", re.I | re.S)
-_RATIONALE_END_RE = re.compile(r"\s*(?:so\s+)?the answer is\b.*$", re.I | re.S)
+# the closing answer sentence is the last one: an earlier "the answer is (b), but ..." is part of the reasoning
+_RATIONALE_END_RE = re.compile(r"\s*(?:so\s+)?the answer is\b(?!.*the answer is\b).*$", re.I | re.S)
 
 
 def _norm_text(s: str) -> str:
-    return re.sub(r"[^a-z0-9 ]+", "", s.lower()).strip()
+    """Choice text compared without case, punctuation or a leading article ("a cat" says choice "cat")."""
+    text = re.sub(r"[^a-z0-9 ]+", "", s.lower()).strip()
+    return re.sub(r"^(?:a|an|the)\s+", "", text)
 
 
 def extract_answer(completion: str, choices: Choices | None = None) -> str:

@@ -5,7 +5,8 @@ it: ask a question alone, in another batch, or after a resume, and its self-cons
 is `hf` in everything else (loading, log-likelihoods, greedy generation) and decodes sampled requests with the hf
 teacher's sampler: the chains of one context share one prefill, and chain j draws from its own stream, seeded by
 (seed, context, j) (`seeding.chain_seed`), as the scotd-onnx model and the sampling backends do. The context is
-tokenised by `hf`'s own encoder with its left truncation (one context at a time). `scotd eval --model-type hf` uses it.
+tokenised by `hf`'s own encoder with its left truncation (one context at a time), and with no BOS unless
+`add_bos_token=True` is given: students are trained and exported without one. `scotd eval --model-type hf` uses it.
 Decoding settings the sampler does not have (top_p, top_k) fall back to `hf`'s own
 sampling, with a warning.
 """
@@ -29,8 +30,10 @@ SAMPLER_KWARGS = {"do_sample", "temperature", "until", "max_gen_toks", "seed"}
 
 @register_model("scotd-hf")
 class ScotdHFLM(HFLM):
-    def __init__(self, *args, seed: int = 1234, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, seed: int = 1234, add_bos_token: bool | None = False, **kwargs):
+        # a student is trained on its prompt with no special tokens (train.py) and exported that way: `hf` would
+        # prepend the BOS of a tokenizer that adds one (Llama, Mistral, Gemma) to a prompt it never saw with one
+        super().__init__(*args, add_bos_token=add_bos_token, **kwargs)
         self.seed = int(seed)
         #: the context length `hf` keeps for the request being sampled (it left-truncates to leave room for output)
         self._context_limit: int | None = None

@@ -344,6 +344,8 @@ def sweep_rows(runs: list[dict]) -> list[dict]:
         rows.append({"run": run["root"].name, "n": int(run["config"]["n"]), "filters": ", ".join(filters),
                      "curve": all(name in CURVE_FILTERS for name in names),
                      "random_selection": {n for n in names if n not in CURVE_FILTERS} == {"random-k"},
+                     "base": [f for f, name in zip(filters, names) if name in CURVE_FILTERS],
+                     "k": _selected_k(filters),
                      **_corpus_kept(run), "acc": greedy[0]["acc"], "ci_low": greedy[0]["ci_low"],
                      "ci_high": greedy[0]["ci_high"], "questions_evaluated": greedy[0]["n"]})
         merged: dict = {}  # (the folders accuracy_rows read, in its order)
@@ -364,9 +366,19 @@ def _sweep_reference(i: int, rows: list[dict]) -> int | None:
     if row["curve"]:
         same = [j for j, r in enumerate(rows) if r["curve"] and r["filters"] == row["filters"]]
         ref = min(same, key=lambda j: rows[j]["n"])
-    else:
-        ref = next((j for j, r in enumerate(rows) if r["random_selection"] and r["n"] == row["n"]), None)
+    else:  # random selection after the same answer filter, from as many chains, keeping as many where one does
+        same = [j for j, r in enumerate(rows)
+                if r["random_selection"] and r["n"] == row["n"] and r["base"] == row["base"]]
+        ref = next((j for j in same if rows[j]["k"] == row["k"]), same[0] if same else None)
     return None if ref == i else ref
+
+
+def _selected_k(filters: list[str]) -> int | None:
+    """Chains per question the last k-selection of a run keeps (None without one)."""
+    from .corpus_filters import get_filter
+
+    ks = [getattr(get_filter(spec), "k", None) for spec in filters]
+    return next((k for k in reversed(ks) if k is not None), None)
 
 
 def _corpus_kept(run: dict) -> dict:

@@ -476,6 +476,17 @@ class _EpochCallback:
         self.dataset.set_epoch(math.floor((state.epoch or 0) + 1e-6))
 
 
+class _LastStepEvaluation:
+    """The Trainer evaluates on multiples of eval_steps only, so the last steps of a run whose length is not one
+    (or all of a run shorter than eval_steps) would never be scored, nor be chosen as the best-dev-loss student.
+    Evaluating, and so saving, at the last step too closes that gap."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.max_steps and state.global_step >= state.max_steps:
+            control.should_evaluate = control.should_save = True
+        return control
+
+
 def _resolve_resume(cfg: DistillConfig) -> str | None:
     value = cfg.resume_from_checkpoint
     if value in (None, "", "no", "false", "False"):
@@ -560,6 +571,8 @@ def train(cfg: DistillConfig, callbacks: list | None = None) -> Path:
     callbacks = list(callbacks or [])
     if isinstance(train_ds, BalancedChainDataset):
         callbacks.append(type("BalancedEpochCallback", (_EpochCallback, TrainerCallback), {})(train_ds))
+    if cfg.load_best_model_at_end:
+        callbacks.append(type("LastStepEvaluation", (_LastStepEvaluation, TrainerCallback), {})())
     trainer = Trainer(model=model, args=cfg, train_dataset=train_ds, eval_dataset=dev_ds,
                       data_collator=make_collator(cfg, tokenizer), processing_class=tokenizer, callbacks=callbacks)
     resume = _resolve_resume(cfg)

@@ -125,13 +125,44 @@ def test_diversity_k_minilm_or_clear_error(monkeypatch):
         MiniLMEmbedder()
 
 
-def test_open_ended_ranks_questions_by_unique_bigrams(rows):
-    scores = {qid: OpenEnded.unique_bigrams([r for r in rows if r.id == qid]) for qid in ("q1", "q2")}
+def test_open_ended_ranks_questions_by_how_much_their_chains_differ(rows):
+    scores = {qid: OpenEnded.disagreement([r for r in rows if r.id == qid]) for qid in ("q1", "q2")}
     assert scores["q1"] > scores["q2"]
     top = get_filter("open-ended:top=1").apply(rows)
     assert {r.id for r in top} == {"q1"} and len(top) == 3
     low = get_filter("open-ended:top=1,lowest=true").apply(rows)
     assert {r.id for r in low} == {"q2"}
+
+
+def test_open_ended_does_not_rank_a_question_by_its_number_of_chains(caplog):
+    """After `correct`, questions keep from 1 to n chains: twelve near-copies hold more distinct bigrams than two
+    unlike chains, but they are the closed question. A single chain cannot be ranked and is left out."""
+    many = [row("many", i, f"dogs bark at night w{i}") for i in range(12)]
+    few = [row("few", 0, "cats purr when happy"), row("few", 1, "birds sing at dawn loudly")]
+    lone = [row("lone", 0, "fish swim in the cold sea")]
+    kept = get_filter("open-ended:top=1").apply(many + few + lone)
+    assert {r.id for r in kept} == {"few"}
+    assert {r.id for r in get_filter("open-ended:top=1,lowest=true").apply(many + few + lone)} == {"many"}
+    assert "1 of 3 questions have a single chain" in caplog.text
+
+
+def test_selections_take_distinct_chains_while_there_are_enough():
+    """A teacher samples its likeliest chain more than once; random-k, likelihood-k and diversity-k take k
+    different chains (case and spacing aside) and repeat one only when a question has fewer than k."""
+    texts = ["Dogs bark.", "dogs  bark.", "DOGS BARK.", "Cats purr.", "Birds sing."]
+    group = [row("q", i, t, logprob=-1.0 if i < 3 else -5.0 - i, num_tokens=1) for i, t in enumerate(texts)]
+    for spec in ("likelihood-k:k=2", "random-k:k=3", "diversity-k:k=3,embedder=tfidf"):
+        kept = [" ".join(r.rationale.lower().split()) for r in get_filter(spec).apply(group)]
+        assert len(kept) == len(set(kept)) == int(spec.split("k=")[1][0]), spec
+    assert [r.rationale for r in get_filter("likelihood-k:k=2").apply(group)] == ["Dogs bark.", "Cats purr."]
+    short = [r.rationale for r in get_filter("random-k:k=3").apply(group[:4])]  # two distinct: both, then a repeat
+    assert len(short) == 3 and "Cats purr." in short
+
+
+def test_diversity_k_when_distinct_texts_embed_to_the_same_point():
+    texts = ["Dogs bark loudly.", "dogs bark loudly!", "DOGS BARK LOUDLY", "Cats purr softly."]
+    kept = get_filter("diversity-k:k=3,embedder=tfidf").apply([row("q", i, t) for i, t in enumerate(texts)])
+    assert len(kept) == 3 and "Cats purr softly." in [r.rationale for r in kept]
 
 
 def test_chained_filters_and_bad_specs(rows):

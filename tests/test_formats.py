@@ -37,10 +37,22 @@ def test_student_target_strips_a_closing_answer_sentence_from_the_rationale():
         ("", F.INVALID),
         ("So the answer is department store.", "c"),
         ("So the answer is: (A)", "a"),
+        ("So the answer is a bank.", "a"),  # the article: read by the choice text, which here is (a) ...
+        ("Shoppers go there. So the answer is a mall.", "d"),  # ... and here is (d), not label (a)
+        ("The answer is a.", "a"),
+        ("The answer is A because banks are secure.", "a"),
     ],
 )
 def test_extract_answer_cases(completion, expected):
     assert F.extract_answer(completion, CHOICES) == expected
+
+
+def test_the_rationale_ends_at_the_last_answer_sentence():
+    """A chain that weighs an option ("one might say the answer is (b), but ...") keeps that reasoning."""
+    text = " One might say the answer is (b), but libraries lend books. So the answer is: (a)"
+    assert F.clean_rationale(text) == "One might say the answer is (b), but libraries lend books."
+    assert F.extract_answer(text, CHOICES) == "a"
+    assert F.student_target(text, "a") == " One might say the answer is (b), but libraries lend books. So the answer is: (a)"
 
 
 def test_majority_vote_ignores_invalid_and_breaks_ties_by_first_seen():

@@ -358,6 +358,8 @@ def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
         "n4-correct": (4, ["correct"], set(range(16)), [(0, "a b"), (0, "A  b"), (0, "x y"), (1, "c d")]),
         "n1-all": (1, ["all"], set(range(8)), [(0, "a b"), (1, "c d"), (2, "e f")]),
         "n4-all": (4, ["all"], set(range(12)), [(0, "a b"), (0, "q r"), (1, "c d"), (2, "e f")]),
+        "n4-all-random-k": (4, ["all", "random-k:k=2"], set(range(2)), [(0, "a b")]),  # not from correct chains
+        "n4-random-k3": (4, ["correct", "random-k:k=3"], set(range(1)), [(0, "a b")]),  # keeps 3, not 2
         "n4-random-k": (4, ["correct", "random-k:k=2"], set(range(14)), [(0, "a b"), (0, "x y")]),
         "n4-likelihood-k": (4, ["correct", "likelihood-k:k=2"], set(range(4, 20)), [(0, "a b"), (1, "c d")]),
         "n1-diversity-k": (1, ["correct", "diversity-k:k=1"], set(range(3)), [(0, "a b")]),
@@ -369,7 +371,7 @@ def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
     sweep = json.loads((dirs[0] / "report.json").read_text())["sweep"]
     by_run = {r["run"]: r for r in sweep}
     assert set(by_run) == set(runs)
-    assert [r["curve"] for r in sweep].count(False) == 3 and not by_run["n4-random-k"]["curve"]
+    assert [r["curve"] for r in sweep].count(False) == 5 and not by_run["n4-random-k"]["curve"]
     four = by_run["n4-correct"]
     assert four["acc"] == 16 / N and (four["ci_low"], four["ci_high"]) == wilson_interval(16, N)
     # 4 chains over 2 questions; question t0 has 2 distinct chains once case and spacing are set aside
@@ -382,7 +384,7 @@ def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
     more = by_run["n4-correct"]["vs"]
     assert (more["against"], more["only_a"], more["only_b"], more["n"]) == ("n1-correct", 6, 0, N)
     assert more["p_value"] == mcnemar_exact_p(6, 0)
-    chosen = by_run["n4-likelihood-k"]["vs"]
+    chosen = by_run["n4-likelihood-k"]["vs"]  # the random arm that also keeps 2 correct chains of 4
     assert (chosen["against"], chosen["only_a"], chosen["only_b"]) == ("n4-random-k", 6, 4)
     assert f"| n4-random-k | {100 * 2 / N:+.1f} | {chosen['p_value']:.2g} |" in selection
     assert "| n1-all | +10.0 |" in curve

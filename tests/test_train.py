@@ -297,6 +297,18 @@ def test_lora_is_merged_and_dev_set_keeps_the_best(tmp_path, corpus, tiny_llama)
     assert len(losses) == 2 and min(losses) == pytest.approx(info["result"]["best_dev_loss"])
 
 
+def test_the_last_step_is_evaluated_when_it_is_not_a_multiple_of_eval_steps(tmp_path, corpus, tiny_llama):
+    """3 steps, evaluated every 2: the Trainer alone scores step 2 only, and a best-dev-loss student could never be
+    the final one; step 3 is scored (and saved) too."""
+    from scotd_harness.train import train
+
+    out = train(config(tmp_path, tiny_llama, corpus, max_steps=3, learning_rate=1e-3, dev_fraction=0.3, eval_steps=2))
+    _, info = _load(out)
+    history = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
+    assert [h["step"] for h in history if "eval_loss" in h] == [2, 3]
+    assert len(info["result"]["eval_losses"]) == 2 and info["result"]["best_checkpoint"] in ("checkpoint-2", "checkpoint-3")
+
+
 def test_accelerate_launch_two_processes(tmp_path, corpus, tiny_llama):
     """Two CPU processes split each epoch's 6 questions (3 steps of 1 per process) and write one student.
 
