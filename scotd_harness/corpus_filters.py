@@ -18,8 +18,8 @@ only answer filtering.
 The three k-selections take k *distinct* chains (same text after case and spacing) while a question has that
 many, so they differ only in their rule: a teacher samples its likeliest chain several times, and a duplicate
 teaches nothing new. The open-ended score is a mean over pairs, so a question with 16 chains and one with 3 are
-ranked on the same scale; a question with one chain cannot be ranked and is left out (put `open-ended` before
-`correct` to rank every question on all of its chains).
+ranked on the same scale; a question with one chain (of two words or more) cannot be ranked and is left out, and
+`fraction` is of the ranked questions (put `open-ended` before `correct` to rank every question on all its chains).
 
 A spec on the command line is `name` or `name:key=value,key=value`; a bare value fills the first option
 (`random-k:5` is `random-k:k=5`).
@@ -185,9 +185,13 @@ class DiversityK(PerQuestionFilter):
     def _vectors(self, texts: list[str]):
         if self.embedder == "minilm":
             return self._encode(texts)
+        import numpy as np
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        return TfidfVectorizer(ngram_range=(1, 2)).fit_transform(texts).toarray()
+        try:
+            return TfidfVectorizer(ngram_range=(1, 2)).fit_transform(texts).toarray()
+        except ValueError:  # no word in any text (empty rationales with different answers): one point for all
+            return np.zeros((len(texts), 1))
 
     def select(self, group):
         if len(group) <= self.k:
@@ -232,16 +236,18 @@ class OpenEnded(CorpusFilter):
 
     @staticmethod
     def disagreement(group: Sequence[CorpusRow]) -> float | None:
-        """Mean Jaccard distance between the word-bigram sets of every pair of chains; None for a single chain.
+        """Mean Jaccard distance between the word-bigram sets of every pair of chains; None with fewer than two
+        chains of two words or more (an empty or one-word chain has no bigram and would be unlike every other).
         A mean over pairs, unlike a count of distinct bigrams, does not grow with the number of chains."""
         sets = []
         for row in group:
             words = row.rationale.lower().split()
-            sets.append(set(zip(words, words[1:])))
+            if len(words) > 1:
+                sets.append(set(zip(words, words[1:])))
         pairs = [(a, b) for i, a in enumerate(sets) for b in sets[i + 1:]]
         if not pairs:
             return None
-        return sum(1 - len(a & b) / len(a | b) if a | b else 0.0 for a, b in pairs) / len(pairs)
+        return sum(1 - len(a & b) / len(a | b) for a, b in pairs) / len(pairs)
 
     def apply(self, rows):
         rows = list(rows)
@@ -249,9 +255,10 @@ class OpenEnded(CorpusFilter):
         scores = [(self.disagreement([rows[i] for i in pos]), n, key) for n, (key, pos) in enumerate(groups.items())]
         scored = [t for t in scores if t[0] is not None]
         if len(scored) < len(scores):
-            log.warning("open-ended: %d of %d questions have a single chain, which cannot be ranked, and are left "
-                        "out (filter with open-ended before correct to rank them on all their chains)",
-                        len(scores) - len(scored), len(scores))
+            log.warning("open-ended: %d of %d questions have fewer than two chains of two words or more, which "
+                        "cannot be ranked, and are left out (filter with open-ended before correct to rank them on "
+                        "all their chains); the fraction is of the %d ranked", len(scores) - len(scored), len(scores),
+                        len(scored))
         # most open-ended first (ties: file order); lowest=true takes the other end
         scored.sort(key=lambda t: (t[0], -t[1]) if self.lowest else (-t[0], t[1]))
         count = self.top if self.top is not None else max(1, round(self.fraction * len(scored)))

@@ -138,14 +138,14 @@ def truncate_at_stop(text: str, stop: Iterable[str] = STOP_STRINGS) -> str:
 
 
 # "So the answer is: (b)", "the answer is (b) math problem.", "The answer is b." -- the last one wins, because
-# rationales sometimes mention an option before concluding. A bare lower-case "a" before a word is the article
-# ("the answer is a cat."), not label (a): that sentence is read by its choice text instead.
-_ANSWER_RE = re.compile(
-    r"answer is\s*:?\s*\(?\s*([a-j])\s*\)(?!\w)|answer is\s*:?\s*(?!(?-i:a)\s+[a-z])([a-j])(?:[.\s]|$)", re.I
-)
+# rationales sometimes mention an option before concluding.
+_ANSWER_RE = re.compile(r"answer is\s*:?\s*\(?\s*([a-j])\s*\)(?!\w)|answer is\s*:?\s*([a-j])(?:[.\s]|$)", re.I)
 _ANSWER_TEXT_RE = re.compile(r"answer is\s*:?\s*(.+?)\s*\.?\s*$", re.I | re.S)
+_CONNECTIVE = r"(?:so|therefore|thus|hence)\s*,?\s+"
 # the closing answer sentence is the last one: an earlier "the answer is (b), but ..." is part of the reasoning
-_RATIONALE_END_RE = re.compile(r"\s*(?:so\s+)?the answer is\b(?!.*the answer is\b).*$", re.I | re.S)
+_RATIONALE_END_RE = re.compile(rf"\s*(?:{_CONNECTIVE})?the answer is\b(?!.*the answer is\b).*$", re.I | re.S)
+# ... and a label-only answer sentence left before it ("So the answer is (b). Therefore the answer is b.") too
+_LABEL_SENTENCE_END_RE = re.compile(rf"\s*(?:{_CONNECTIVE})?the answer is\s*:?\s*\(?\s*[a-j]\s*\)?\s*\.?\s*$", re.I)
 
 
 def _norm_text(s: str) -> str:
@@ -154,11 +154,19 @@ def _norm_text(s: str) -> str:
     return re.sub(r"^(?:a|an|the)\s+", "", text)
 
 
+def _choice_named(said: str, choices: Choices) -> str | None:
+    """The label of the one choice whose text is `said`, or None."""
+    said = _norm_text(said)
+    hits = [label for label, choice in choices if _norm_text(choice) == said]
+    return hits[0] if len(hits) == 1 else None
+
+
 def extract_answer(completion: str, choices: Choices | None = None) -> str:
     """The label a completion commits to, or INVALID.
 
     Reads the first answer (up to the first stop string) and takes the last "answer is (x)" in it. With
-    ``choices`` given, a label outside them is INVALID and "the answer is <choice text>" maps to its label.
+    ``choices`` given, a label outside them is INVALID and "the answer is <choice text>" maps to its label; a bare
+    lower-case "a" that opens a choice's text ("the answer is a cat.") is that choice, not label (a).
     """
     text = truncate_at_stop(completion)
     valid = {label for label, _ in choices} if choices else set(LABELS)
@@ -166,14 +174,17 @@ def extract_answer(completion: str, choices: Choices | None = None) -> str:
     if matches:
         m = matches[-1]
         label = (m.group(1) or m.group(2)).lower()
+        if m.group(2) == "a" and choices:  # the article, where the words after it name a choice
+            named = _choice_named(re.split(r"[.!?\n]", text[m.start(2):], maxsplit=1)[0], choices)
+            if named is not None:
+                return named
         return label if label in valid else INVALID
     if choices:
         m = _ANSWER_TEXT_RE.search(text)
         if m:
-            said = _norm_text(m.group(1))
-            hits = [label for label, choice in choices if _norm_text(choice) == said]
-            if len(hits) == 1:
-                return hits[0]
+            named = _choice_named(m.group(1), choices)
+            if named is not None:
+                return named
     return INVALID
 
 
@@ -181,6 +192,8 @@ def clean_rationale(text: str) -> str:
     """The reasoning alone: cut at the stop strings, drop the closing answer sentence, squash whitespace."""
     text = truncate_at_stop(text)
     text = _RATIONALE_END_RE.sub("", text)
+    while (shorter := _LABEL_SENTENCE_END_RE.sub("", text)) != text:
+        text = shorter
     return " ".join(text.split())
 
 

@@ -5,15 +5,16 @@ it: ask a question alone, in another batch, or after a resume, and its self-cons
 is `hf` in everything else (loading, log-likelihoods, greedy generation) and decodes sampled requests with the hf
 teacher's sampler: the chains of one context share one prefill, and chain j draws from its own stream, seeded by
 (seed, context, j) (`seeding.chain_seed`), as the scotd-onnx model and the sampling backends do. The context is
-tokenised by `hf`'s own encoder with its left truncation (one context at a time), and with no BOS unless
-`add_bos_token=True` is given: students are trained and exported without one. `scotd eval --model-type hf` uses it.
-Decoding settings the sampler does not have (top_p, top_k) fall back to `hf`'s own
-sampling, with a warning.
+tokenised by `hf`'s own encoder with its left truncation (one context at a time). A student of `scotd train` is
+read with no BOS, as it was trained and is exported (`add_bos_token=True` overrides); other models keep `hf`'s
+rule. `scotd eval --model-type hf` uses it. Decoding settings the sampler does not have (top_p, top_k) fall back
+to `hf`'s own sampling, with a warning.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
@@ -21,6 +22,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from tqdm import tqdm
 
 from .teacher.hf import HFTeacher
+from .train import SCOTD_JSON
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +30,19 @@ log = logging.getLogger(__name__)
 SAMPLER_KWARGS = {"do_sample", "temperature", "until", "max_gen_toks", "seed"}
 
 
+def is_student(pretrained) -> bool:
+    """A directory `scotd train` wrote (it holds scotd.json)."""
+    return isinstance(pretrained, str) and os.path.isfile(os.path.join(pretrained, SCOTD_JSON))
+
+
 @register_model("scotd-hf")
 class ScotdHFLM(HFLM):
-    def __init__(self, *args, seed: int = 1234, add_bos_token: bool | None = False, **kwargs):
+    def __init__(self, *args, seed: int = 1234, add_bos_token: bool | None | str = "auto", **kwargs):
         # a student is trained on its prompt with no special tokens (train.py) and exported that way: `hf` would
-        # prepend the BOS of a tokenizer that adds one (Llama, Mistral, Gemma) to a prompt it never saw with one
+        # prepend the BOS of a tokenizer that adds one (Llama, Mistral, Gemma) to a prompt it never saw with one.
+        # Any other model (a base model, a teacher) keeps `hf`'s rule: it was pretrained, and samples, with it.
+        if add_bos_token == "auto":
+            add_bos_token = False if is_student(kwargs.get("pretrained")) else None
         super().__init__(*args, add_bos_token=add_bos_token, **kwargs)
         self.seed = int(seed)
         #: the context length `hf` keeps for the request being sampled (it left-truncates to leave room for output)

@@ -482,7 +482,8 @@ class _LastStepEvaluation:
     Evaluating, and so saving, at the last step too closes that gap."""
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.max_steps and state.global_step >= state.max_steps:
+        last = state.max_steps and state.global_step >= state.max_steps
+        if last and args.eval_strategy == "steps" and state.global_step >= (args.eval_delay or 0):
             control.should_evaluate = control.should_save = True
         return control
 

@@ -143,7 +143,10 @@ def test_open_ended_does_not_rank_a_question_by_its_number_of_chains(caplog):
     kept = get_filter("open-ended:top=1").apply(many + few + lone)
     assert {r.id for r in kept} == {"few"}
     assert {r.id for r in get_filter("open-ended:top=1,lowest=true").apply(many + few + lone)} == {"many"}
-    assert "1 of 3 questions have a single chain" in caplog.text
+    assert "1 of 3 questions have fewer than two chains" in caplog.text
+    # chains with no bigram say nothing about the question: not "unlike every other chain"
+    terse = [row("terse", i, text) for i, text in enumerate(["x", "", "cats purr a lot", "cats purr a lot"])]
+    assert OpenEnded.disagreement(terse) == 0.0 and OpenEnded.disagreement(terse[:3]) is None
 
 
 def test_selections_take_distinct_chains_while_there_are_enough():
@@ -163,6 +166,8 @@ def test_diversity_k_when_distinct_texts_embed_to_the_same_point():
     texts = ["Dogs bark loudly.", "dogs bark loudly!", "DOGS BARK LOUDLY", "Cats purr softly."]
     kept = get_filter("diversity-k:k=3,embedder=tfidf").apply([row("q", i, t) for i, t in enumerate(texts)])
     assert len(kept) == 3 and "Cats purr softly." in [r.rationale for r in kept]
+    silent = [row("q", i, "", prediction=label) for i, label in enumerate("abcab")]  # answers with no words
+    assert len(get_filter("diversity-k:k=2,embedder=tfidf").apply(silent)) == 2
 
 
 def test_chained_filters_and_bad_specs(rows):

@@ -37,8 +37,9 @@ def test_student_target_strips_a_closing_answer_sentence_from_the_rationale():
         ("", F.INVALID),
         ("So the answer is department store.", "c"),
         ("So the answer is: (A)", "a"),
-        ("So the answer is a bank.", "a"),  # the article: read by the choice text, which here is (a) ...
-        ("Shoppers go there. So the answer is a mall.", "d"),  # ... and here is (d), not label (a)
+        ("Shoppers go there. So the answer is a mall.", "d"),  # the article before a choice's text, not label (a)
+        ("The answer is a bank. No, the answer is a mall.", "d"),  # ... and the last answer still wins
+        ("the answer is a because banks are safe.", "a"),  # no choice is named "because ...": label (a)
         ("The answer is a.", "a"),
         ("The answer is A because banks are secure.", "a"),
     ],
@@ -52,7 +53,9 @@ def test_the_rationale_ends_at_the_last_answer_sentence():
     text = " One might say the answer is (b), but libraries lend books. So the answer is: (a)"
     assert F.clean_rationale(text) == "One might say the answer is (b), but libraries lend books."
     assert F.extract_answer(text, CHOICES) == "a"
-    assert F.student_target(text, "a") == " One might say the answer is (b), but libraries lend books. So the answer is: (a)"
+    assert F.student_target(text, "a") == f" {F.clean_rationale(text)} So the answer is: (a)"
+    # an answer said twice leaves no answer sentence behind
+    assert F.clean_rationale("Banks are safe. So the answer is (a). Therefore the answer is a.") == "Banks are safe."
 
 
 def test_majority_vote_ignores_invalid_and_breaks_ties_by_first_seen():

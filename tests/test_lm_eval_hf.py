@@ -50,17 +50,18 @@ def test_sampled_contexts_are_read_as_hf_reads_them(embedded_model_dir):
 
 def test_a_student_is_read_without_the_bos_it_was_trained_without(embedded_model_dir, tmp_path):
     """Training tokenises the prompt with no special tokens; `hf` would prepend the BOS of a tokenizer that adds
-    one (the Llama families do). `scotd-hf` reads the prompt as training wrote it, unless told otherwise."""
+    one (the Llama families do). `scotd-hf` reads a student's prompt as training wrote it, unless told otherwise,
+    and any other model (a base model, a teacher: pretrained with its BOS) as `hf` does."""
     from lm_eval.models.huggingface import HFLM
     from tiny_students import make_tiny_student
     from transformers import AutoTokenizer
 
     from scotd_harness.lm_eval_hf import ScotdHFLM
 
-    student = make_tiny_student("llama", tmp_path / "student", embedded_model_dir)
-    config = json.loads((student / "tokenizer_config.json").read_text())
-    (student / "tokenizer_config.json").write_text(json.dumps({**config, "add_bos_token": True}))  # Llama's default
-    tokenizer = AutoTokenizer.from_pretrained(student)
+    model = make_tiny_student("llama", tmp_path / "model", embedded_model_dir)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**config, "add_bos_token": True}))  # Llama's default
+    tokenizer = AutoTokenizer.from_pretrained(model)
     prompt = GRASS
     trained = tokenizer(prompt, add_special_tokens=False)["input_ids"]  # as train.py encodes the prompt
     assert tokenizer(prompt)["input_ids"] == [1, *trained]  # this tokenizer adds a BOS by default
@@ -69,7 +70,9 @@ def test_a_student_is_read_without_the_bos_it_was_trained_without(embedded_model
         ids, _ = lm.tok_batch_encode([prompt])
         return ids[0].tolist()
 
-    assert read(HFLM(pretrained=str(student), device="cpu")) == [1, *trained]
-    assert read(ScotdHFLM(pretrained=str(student), device="cpu")) == trained
-    assert ScotdHFLM(pretrained=str(student), device="cpu").tok_encode(prompt) == trained  # log-likelihoods too
-    assert read(ScotdHFLM(pretrained=str(student), device="cpu", add_bos_token=True)) == [1, *trained]
+    assert read(HFLM(pretrained=str(model), device="cpu")) == [1, *trained]
+    assert read(ScotdHFLM(pretrained=str(model), device="cpu")) == [1, *trained]  # not a student: hf's rule
+    (model / "scotd.json").write_text(json.dumps({"kind": "scotd"}))  # what `scotd train` leaves beside a student
+    assert read(ScotdHFLM(pretrained=str(model), device="cpu")) == trained
+    assert ScotdHFLM(pretrained=str(model), device="cpu").tok_encode(prompt) == trained  # log-likelihoods too
+    assert read(ScotdHFLM(pretrained=str(model), device="cpu", add_bos_token=True)) == [1, *trained]

@@ -54,7 +54,8 @@ def command(model, tasks, model_type, limit, batch_size, output_dir, device, spl
         scotd eval student/ --tasks scotd,scotd_challenge
         scotd eval student-onnx/ --model-type scotd-onnx --tasks scotd_csqa,scotd_csqa_sc --sc-samples 8
 
-    The same tasks run in the stock harness: lm_eval --model hf --model_args pretrained=student/ --tasks 'scotd_*'
+    The same tasks run in the stock harness: lm_eval --model scotd-hf --model_args pretrained=student/ --tasks
+    'scotd_*' (stock --model hf too, but it adds the BOS of a tokenizer that has one, which a student never saw)
     """
     from ..evaluate import evaluate
 
