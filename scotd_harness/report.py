@@ -346,8 +346,9 @@ def sweep_rows(runs: list[dict]) -> list[dict]:
                      "random_selection": {n for n in names if n not in CURVE_FILTERS} == {"random-k"},
                      "base": [f for f, name in zip(filters, names) if name in CURVE_FILTERS],
                      "k": _selected_k(filters),
-                     **_corpus_kept(run), "acc": greedy[0]["acc"], "ci_low": greedy[0]["ci_low"],
-                     "ci_high": greedy[0]["ci_high"], "questions_evaluated": greedy[0]["n"]})
+                     **_corpus_kept(run), **_training_length(run), "acc": greedy[0]["acc"],
+                     "ci_low": greedy[0]["ci_low"], "ci_high": greedy[0]["ci_high"],
+                     "questions_evaluated": greedy[0]["n"]})
         merged: dict = {}  # (the folders accuracy_rows read, in its order)
         for _, folder_outcomes in _result_folders(run["root"] / "eval" / "scotd"):
             merged.update(folder_outcomes)
@@ -379,6 +380,18 @@ def _selected_k(filters: list[str]) -> int | None:
 
     ks = [getattr(get_filter(spec), "k", None) for spec in filters]
     return next((k for k in reversed(ks) if k is not None), None)
+
+
+def _training_length(run: dict) -> dict:
+    """The distilled student's steps, the step of the checkpoint kept and its passes over the chains (from its
+    scotd.json; `epochs` only where training recorded it)."""
+    meta = run["root"] / "students" / "scotd" / "scotd.json"
+    if not meta.is_file():
+        return {}
+    result = read_json(meta).get("result") or {}
+    best = str(result.get("best_checkpoint") or "").removeprefix("checkpoint-")
+    return {"steps": result.get("global_step"), "best_step": int(best) if best.isdigit() else None,
+            "epochs": result.get("epochs")}
 
 
 def _corpus_kept(run: dict) -> dict:
@@ -436,14 +449,17 @@ def _sweep_section(rows: list[dict], path: Path) -> str:
     curve = sorted((r for r in rows if r["curve"]), key=lambda r: (r["filters"], r["n"]))
     chosen = [r for r in rows if not r["curve"]]
     parts = ["## Accuracy against chains per question\n"]
-    header = ("| run | n | filters | chains kept | questions | distinct chains / question | accuracy % | 95% CI | "
-              "against | difference (pts) | McNemar p |\n|---|---:|---|---:|---:|---:|---:|---|---|---:|---:|\n")
+    header = ("| run | n | filters | chains kept | questions | distinct chains / question | epochs | kept step | "
+              "accuracy % | 95% CI | against | difference (pts) | McNemar p |\n"
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|\n")
 
     def line(r: dict) -> str:
-        distinct, vs = r.get("distinct_per_question"), r.get("vs")
+        distinct, vs, epochs = r.get("distinct_per_question"), r.get("vs"), r.get("epochs")
         paired = f"{vs['against']} | {100 * vs['difference']:+.1f} | {_p(vs['p_value'])}" if vs else " | | "
+        kept = f"{r['best_step']} of {r['steps']}" if r.get("best_step") is not None else r.get("steps", "")
         return (f"| {r['run']} | {r['n']} | {r['filters']} | {r.get('chains_kept', '')} | "
                 f"{r.get('questions_kept', '')} | {'' if distinct is None else f'{distinct:.2f}'} | "
+                f"{'' if epochs is None else f'{epochs:.1f}'} | {kept} | "
                 f"{_pct(r['acc'])} | {_pct(r['ci_low'])}-{_pct(r['ci_high'])} | {paired} |\n")
 
     parts.append(header + "".join(map(line, curve)))
@@ -453,7 +469,8 @@ def _sweep_section(rows: list[dict], path: Path) -> str:
         parts.append("\n### Selecting chains\n\n" + header + "".join(map(line, chosen)))
     parts.append("\nEach run against, on the same questions (McNemar's exact test, two-sided): a point of the curve, "
                  "the point of its filter with the fewest chains per question; a selection, the one that selects "
-                 "at random.\n")
+                 "at random. `epochs`: passes over the chains the student trained on; `kept step`: the checkpoint "
+                 "of lowest dev loss, of all the steps trained.\n")
     return "\n".join(parts)
 
 

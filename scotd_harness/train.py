@@ -606,6 +606,9 @@ def train(cfg: DistillConfig, callbacks: list | None = None) -> Path:
             "tokenizer": {"prompt_special_tokens": False, "append_eos": cfg.append_eos, "pad_from_eos": pad_from_eos},
             "training": cfg.summary(),
             "result": {"global_step": result.global_step, "train_loss": result.training_loss,
+                       # passes over the training chains: with the same steps for every arm, a small corpus is
+                       # seen many times over and a large one perhaps not once
+                       "epochs": round(trainer.state.epoch or 0.0, 3),
                        "best_checkpoint": os.path.basename(trainer.state.best_model_checkpoint or "") or None,
                        "best_dev_loss": trainer.state.best_metric,
                        # the dev-loss curve, so a report can flag a run whose loss diverged

@@ -365,6 +365,10 @@ def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
         "n1-diversity-k": (1, ["correct", "diversity-k:k=1"], set(range(3)), [(0, "a b")]),
     }
     dirs = [_sweep_run(tmp_path, name, *spec) for name, spec in runs.items()]
+    student = tmp_path / "n4-correct" / "students" / "scotd"  # what `scotd train` recorded of its length
+    student.mkdir(parents=True)
+    (student / "scotd.json").write_text(json.dumps({"result": {"global_step": 500, "best_checkpoint": "checkpoint-300",
+                                                               "epochs": 12.46}}))
     res = CliRunner().invoke(cli, ["report", str(dirs[0]), *[arg for d in dirs[1:] for arg in ("--sweep", str(d))]])
     assert res.exit_code == 0, res.output
     report = (dirs[0] / "report.md").read_text()
@@ -378,6 +382,7 @@ def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
     assert (four["chains_kept"], four["questions_kept"], four["distinct_per_question"]) == (4, 2, 1.5)
     curve, selection = report.split("### Selecting chains")
     assert "| n4-all | 4 | all |" in curve and "| n4-random-k |" in selection and "random-k" not in curve
+    assert "| 1.50 | 12.5 | 300 of 500 | 40.0 |" in curve and (four["epochs"], four["best_step"]) == (12.46, 300)
     # more chains against fewer of the same filter, a selection against random selection, on the same questions
     assert by_run["n1-correct"]["vs"] is None and by_run["n4-random-k"]["vs"] is None
     assert by_run["n1-diversity-k"]["vs"] is None  # no random selection from 1 chain per question to beat

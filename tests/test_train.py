@@ -278,6 +278,7 @@ def test_label_only_tiny(tmp_path, corpus, tiny_llama):
     _, info = _load(out)
     assert info["kind"] == "label-only" and info["formats"]["target"] == "formats.direct_target"
     assert info["corpus"]["examples"] == 6 and info["result"]["global_step"] == 3
+    assert info["result"]["epochs"] == 1.0  # 3 steps of 2 examples over 6: one pass, recorded for the report
 
 
 def test_lora_is_merged_and_dev_set_keeps_the_best(tmp_path, corpus, tiny_llama):
