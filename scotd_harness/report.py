@@ -559,10 +559,18 @@ def student_rows(run: dict) -> list[dict]:
         corpus, training, result = meta.get("corpus") or {}, meta.get("training") or {}, meta.get("result") or {}
         rows.append({"student": meta_path.parent.name, "target": meta.get("kind"),
                      "questions": corpus.get("questions"), "examples": corpus.get("examples"),
-                     "learning_rate": training.get("learning_rate"), "epochs": training.get("num_train_epochs"),
+                     "learning_rate": training.get("learning_rate"), "epochs": _epochs_trained(training, result),
                      "steps": result.get("global_step"), "train_loss": result.get("train_loss"),
                      "best_dev_loss": result.get("best_dev_loss"), "wall_s": result.get("wall_s")})
     return rows
+
+
+def _epochs_trained(training: dict, result: dict):
+    """Passes over the chains: as training recorded them, else the setting, which max_steps overrides (an
+    older student trained to a step count leaves it unknown)."""
+    if result.get("epochs") is not None:
+        return result["epochs"]
+    return None if (training.get("max_steps") or 0) > 0 else training.get("num_train_epochs")
 
 
 def _students_table(rows: list[dict]) -> str:
@@ -572,7 +580,7 @@ def _students_table(rows: list[dict]) -> str:
     out = ["## Students\n", ("| student | target | questions | examples | learning rate | epochs | steps | train loss | "
                              "best dev loss | wall s |"), "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     out += [f"| {r['student']} | {r['target'] or ''} | {num(r['questions'], 'd')} | {num(r['examples'], 'd')} | "
-            f"{num(r['learning_rate'], 'g')} | {num(r['epochs'], 'g')} | {num(r['steps'], 'd')} | "
+            f"{num(r['learning_rate'], 'g')} | {num(r['epochs'], '.3g')} | {num(r['steps'], 'd')} | "
             f"{num(r['train_loss'], '.4f')} | {num(r['best_dev_loss'], '.4f')} | {num(r['wall_s'], '.0f')} |"
             for r in rows]
     return "\n".join(out) + "\n"

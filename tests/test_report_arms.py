@@ -444,3 +444,17 @@ def test_report_shows_the_tuning_candidates_scored_so_far(tmp_path):
     table = finished(6)
     assert "| label_only | 5e-05 | 2 | 31.0 | 300 | 22.0 |  |  |  |  |" in table
     assert "| label_only | 5e-05 | 6 | 35.0 | 300 | 25.0 | 0.200 → 0.190 |  | 51 | **yes** |" in table
+
+def test_students_table_gives_the_passes_trained_not_a_setting_max_steps_overrode(tmp_path):
+    """`num_train_epochs` is 3 by default and means nothing under max_steps: the table shows the epochs training
+    recorded, the setting where no step count overrode it, and nothing where neither is known."""
+    from scotd_harness.report import student_rows
+
+    metas = {"counted": ({"max_steps": 500, "num_train_epochs": 3.0}, {"global_step": 500, "epochs": 12.46}),
+             "older": ({"max_steps": 500, "num_train_epochs": 3.0}, {"global_step": 500}),
+             "by_epochs": ({"max_steps": -1, "num_train_epochs": 2.0}, {"global_step": 80})}
+    for name, (training, result) in metas.items():
+        (tmp_path / "students" / name).mkdir(parents=True)
+        (tmp_path / "students" / name / "scotd.json").write_text(json.dumps({"training": training, "result": result}))
+    rows = {r["student"]: r["epochs"] for r in student_rows({"root": tmp_path})}
+    assert rows == {"counted": 12.46, "older": None, "by_epochs": 2.0}
