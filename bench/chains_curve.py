@@ -88,11 +88,15 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", default=str(RESULTS), help="Folder of the result files (default: bench/results).")
     p.add_argument("--tag", default="chains_curve", help="Name of the result files in --results.")
+    p.add_argument("--report-only", action="store_true",
+                   help="Rewrite the result files from the stages finished so far and run nothing (safe beside a\n"
+                        "sitting under way: it adds no wall time).")
     return p.parse_args(argv)
 
 
-def teacher_of(args) -> tuple[Path, Path | None]:
-    """(export directory, corpus of the questions it trained on)."""
+def teacher_of(args, export_missing: bool = True) -> tuple[Path, Path | None]:
+    """(export directory, corpus of the questions it trained on); the int4 export of --teacher-student is made
+    here the first time, unless `export_missing` is false."""
     if args.teacher_run:
         run = Path(args.teacher_run)
         student = teacher_student(args)
@@ -107,6 +111,8 @@ def teacher_of(args) -> tuple[Path, Path | None]:
         from scotd_harness.export.exporter import export
 
         out = Path(args.run_dir) / "teacher"
+        if not (out / "scotd.json").is_file() and not export_missing:
+            raise SystemExit(f"the teacher is not exported yet ({out}): run the study first")
         if not (out / "scotd.json").is_file():  # an export is atomic: scotd.json means it passed its checks
             fp32 = run / "students" / student / "onnx-fp32"
             export(run / "students" / student, out, quantization="int4", fp32_dir=fp32 if fp32.is_dir() else None,
@@ -396,12 +402,19 @@ def main(argv=None):
     root, records = Path(args.run_dir), Path(args.records)
     root.mkdir(parents=True, exist_ok=True)
     clock = WallClock(records / WALL_TIME)
-    with clock.stage("teacher"):
-        teacher, exclude = (p.resolve() if p else p for p in teacher_of(args))
+    if args.report_only:
+        teacher, exclude = teacher_of(args, export_missing=False)
+    else:
+        with clock.stage("teacher"):
+            teacher, exclude = teacher_of(args)
+    teacher, exclude = (p.resolve() if p else p for p in (teacher, exclude))
     started_in = os.getcwd()
     os.chdir(root)
     try:
-        run_study(args, root, records, teacher, exclude, clock)
+        if args.report_only:
+            write_results(args, root, teacher, clock)
+        else:
+            run_study(args, root, records, teacher, exclude, clock)
     finally:
         os.chdir(started_in)
 

@@ -73,6 +73,16 @@ def test_a_lost_run_folder_goes_on_from_the_kept_records(tmp_path, monkeypatch, 
     restored = tmp_path / "curve" / "teacher-eval" / "eval" / "teacher" / "results.json"
     assert json.loads(restored.read_text())["results"] == scored["results"]
 
+    # --report-only rewrites the result files from what is finished, runs nothing and adds no wall time
+    page, kept_time = (tmp_path / "results" / "chains_curve.md").read_text(), (tmp_path / "kept" / "wall_time.json")
+    counted, stages = kept_time.read_bytes(), (tmp_path / "curve" / "sample" / "stages.json").read_bytes()
+    shutil.rmtree(tmp_path / "results")
+    caplog.clear()
+    _chains_curve().main([*args, "--report-only"])
+    assert (tmp_path / "results" / "chains_curve.md").read_text() == page
+    assert kept_time.read_bytes() == counted and (tmp_path / "curve" / "sample" / "stages.json").read_bytes() == stages
+    assert "sample:" not in caplog.text and "teacher-eval:" not in caplog.text
+
 
 def test_the_wall_clock_sums_sittings_and_counts_while_a_stage_runs(tmp_path):
     """The study states its wall time over several sittings: the count is on disk while a stage runs (what a
