@@ -307,7 +307,8 @@ def test_the_last_step_is_evaluated_when_it_is_not_a_multiple_of_eval_steps(tmp_
     _, info = _load(out)
     history = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
     assert [h["step"] for h in history if "eval_loss" in h] == [2, 3]
-    assert len(info["result"]["eval_losses"]) == 2 and info["result"]["best_checkpoint"] in ("checkpoint-2", "checkpoint-3")
+    assert len(info["result"]["eval_losses"]) == 2
+    assert info["result"]["best_checkpoint"] in ("checkpoint-2", "checkpoint-3")
 
 
 def test_accelerate_launch_two_processes(tmp_path, corpus, tiny_llama):
