@@ -27,7 +27,9 @@ and scores, never weights) are kept in --records (RESULTS/TAG_records/) as STAGE
 goes (every 10 minutes while sampling). Where --run-dir is gone (another machine, a lost scratch disk), the same command restores each
 stage from its archive: a restored sample is not sampled again, a scored arm is not trained again. The run
 configs name the teacher and the sampled corpus relative to --run-dir (the script works inside it), so the
-archives name no folder of the machine that made them; the teacher run must keep its place beside --run-dir.
+archives name no folder of the machine that made them. The teacher run must keep its place beside --run-dir,
+but only its records are needed once the teacher is scored (`scotd pipeline --restore` its records.tar.gz, up to
+the filter stage): the arms train on the recorded chains, and the teacher is not trained or exported again.
 
 Usage::
 
@@ -96,11 +98,14 @@ def parse_args(argv=None):
 
 def teacher_of(args, export_missing: bool = True) -> tuple[Path, Path | None]:
     """(export directory, corpus of the questions it trained on); the int4 export of --teacher-student is made
-    here the first time, unless `export_missing` is false."""
+    here the first time, unless `export_missing` is false or the stages that use it are over (teacher_done)."""
     if args.teacher_run:
         run = Path(args.teacher_run)
         student = teacher_student(args)
-        if args.teacher_student:
+        out = Path(args.run_dir) / "teacher"
+        # its weights are needed to sample and to be scored, not by the arms: once those are recorded it may be gone
+        needed = args.teacher_student and not (out / "scotd.json").is_file() and not teacher_done(args)
+        if needed and export_missing:
             trained_student(run, student)
         meta = json.loads((run / "students" / student / "scotd.json").read_text())
         corpus = Path(meta["training"]["corpus"])
@@ -108,19 +113,29 @@ def teacher_of(args, export_missing: bool = True) -> tuple[Path, Path | None]:
             corpus = run / corpus
         if not args.teacher_student:
             return run / "onnx", corpus
-        from scotd_harness.export.exporter import export
-
-        out = Path(args.run_dir) / "teacher"
-        if not (out / "scotd.json").is_file() and not export_missing:
+        if needed and not export_missing:
             raise SystemExit(f"the teacher is not exported yet ({out}): run the study first")
-        if not (out / "scotd.json").is_file():  # an export is atomic: scotd.json means it passed its checks
+        if needed:  # an export is atomic: scotd.json means it passed its checks
+            from scotd_harness.export.exporter import export
+
             fp32 = run / "students" / student / "onnx-fp32"
             export(run / "students" / student, out, quantization="int4", fp32_dir=fp32 if fp32.is_dir() else None,
                    accuracy_sample=0, overwrite=True, progress=lambda msg: log.info("teacher export: %s", msg))
+        elif not (out / "scotd.json").is_file():
+            log.info("the teacher is scored already: going on without its export (%s is not there)", out)
         return out, corpus
     if not args.teacher:
         raise SystemExit("give --teacher-run RUN, or --teacher EXPORT_DIR (with --exclude CORPUS)")
     return Path(args.teacher), Path(args.exclude) if args.exclude else None
+
+
+def teacher_done(args) -> bool:
+    """Whether the stages that use the teacher are over: it is scored (teacher-eval) only after the sample is
+    complete, so its recorded scores (in --run-dir, or archived in --records) mean the arms need only the chains.
+    A study whose scratch disk is lost then goes on from its records without training and exporting its teacher
+    again (which would give another teacher, with other weights)."""
+    return ((Path(args.run_dir) / "teacher-eval" / "eval" / "teacher" / "results.json").is_file()
+            or (Path(args.records) / "teacher-eval.tar.gz").is_file())
 
 
 def trained_student(run: Path, name: str) -> Path:
@@ -216,12 +231,12 @@ class WallClock:
             save()
 
 
-def run_stage(name: str, config: dict, out: Path, until: str, records: Path) -> None:
+def run_stage(name: str, config: dict, out: Path, until: str, records: Path, check_teacher: bool = True) -> None:
     """One pipeline run, restored from its archive in `records` where it has one, its records kept there."""
     from scotd_harness.pipeline import PipelineConfig, run_pipeline
 
     started = time.monotonic()
-    cfg = PipelineConfig.from_dict(config, source=name)
+    cfg = PipelineConfig.from_dict(config, source=name, check_teacher=check_teacher)
     archive = records / f"{name}.tar.gz"
     run_pipeline(cfg, out, until=until, say=lambda msg: log.info("%s: %s", name, msg),
                  restore=archive if archive.is_file() else None, keep_records=archive)
@@ -243,16 +258,17 @@ def teacher_eval(args, root: Path, teacher: Path, records: Path) -> Path:
     from scotd_harness.evaluate import evaluate
 
     out, archive = root / "teacher-eval", records / "teacher-eval.tar.gz"
-    export = json.loads((teacher / "scotd.json").read_text())
     # the export's weights and quantisation, not only its folder: another student exported to the same place is
-    # another teacher
-    config = {"teacher": f"onnx:{_inside(teacher, root)}", "student_sha256": export.get("student_sha256"),
-              "quantization": export.get("quantization"), "task": TEACHER_TASK, "limit": args.eval_limit,
-              "seed": args.seed, "batch_size": 16}
+    # another teacher. Where the export is gone (teacher_done), its recorded scores are kept as they are.
+    export = json.loads((teacher / "scotd.json").read_text()) if (teacher / "scotd.json").is_file() else None
+    identity = ("student_sha256", "quantization")
+    config = {"teacher": f"onnx:{_inside(teacher, root)}", **{k: (export or {}).get(k) for k in identity},
+              "task": TEACHER_TASK, "limit": args.eval_limit, "seed": args.seed, "batch_size": 16}
     results = out / "eval" / "teacher" / "results.json"
 
     def differences(old: dict, current: dict) -> list[str]:
-        return sorted(k for k in set(old) | set(current) if old.get(k) != current.get(k))
+        keys = (set(old) | set(current)) - (set(identity) if export is None else set())
+        return sorted(k for k in keys if old.get(k) != current.get(k))
 
     def refuse(where: Path, diff: list[str]) -> ScotdError:
         return ScotdError(f"{where} holds the teacher's scores under other settings ({', '.join(diff)} differ); "
@@ -270,6 +286,8 @@ def teacher_eval(args, root: Path, teacher: Path, records: Path) -> Path:
     if results.is_file():
         log.info("teacher-eval: evaluated already (%s)", results.relative_to(root))
         return results
+    if export is None:
+        raise ScotdError(f"the teacher's export {teacher} is not there to score (rerun with its --teacher-run)")
     started = time.monotonic()
     atomic.write_json(out / "config.json", config)
     output = evaluate(_inside(teacher, root), [TEACHER_TASK], model_type="scotd-onnx", limit=args.eval_limit,
@@ -412,6 +430,11 @@ def main(argv=None):
     os.chdir(root)
     try:
         if args.report_only:
+            unrestored = sorted(a.name.removesuffix(".tar.gz") for a in records.glob("*.tar.gz")
+                                if not (root / a.name.removesuffix(".tar.gz") / "config.json").is_file())
+            if unrestored:  # the page would lose their figures
+                raise SystemExit(f"{', '.join(unrestored)}: recorded in {records} but not in {root} (run the study "
+                                 "once: it restores each stage from its records first)")
             write_results(args, root, teacher, clock)
         else:
             run_study(args, root, records, teacher, exclude, clock)
@@ -421,7 +444,8 @@ def main(argv=None):
 
 def run_study(args, root: Path, records: Path, teacher: Path, exclude: Path | None, clock: WallClock) -> None:
     with clock.stage("sample"):
-        run_stage("sample", sample_config(args, teacher, exclude, root), root / "sample", "sample", records)
+        run_stage("sample", sample_config(args, teacher, exclude, root), root / "sample", "sample", records,
+                  check_teacher=not teacher_done(args))
     with clock.stage("teacher-eval"):
         teacher_eval(args, root, teacher, records)
     write_results(args, root, teacher, clock)

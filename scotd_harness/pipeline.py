@@ -19,7 +19,7 @@ import time
 import typing
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from . import atomic
@@ -199,9 +199,10 @@ class PipelineConfig(BaseModel):
 
     @field_validator("teacher")
     @classmethod
-    def _backend_and_model(cls, value: str) -> str:
+    def _backend_and_model(cls, value: str, info: ValidationInfo) -> str:
         """A known backend; an `onnx:` teacher's export directory is checked here, before the run directory is
-        created and tied to this config (a typo found at the sample stage would lock the directory to it)."""
+        created and tied to this config (a typo found at the sample stage would lock the directory to it), unless
+        the context says `check_teacher: False` (a config read back, or a run whose chains are all sampled)."""
         from .teacher import BACKENDS
 
         backend, sep, model = value.partition(":")
@@ -209,7 +210,7 @@ class PipelineConfig(BaseModel):
             raise ValueError("must be BACKEND:MODEL, e.g. hf:embedded")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
-        if backend == "onnx":
+        if backend == "onnx" and (info.context or {}).get("check_teacher", True):
             from .teacher.onnx_backend import check_export_dir
 
             try:
@@ -306,12 +307,15 @@ class PipelineConfig(BaseModel):
         return ["scotd"] + (["label_only"] if self.label_only_baseline else [])
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "config", lines: dict | None = None) -> PipelineConfig:
-        """Validate `data` (from `source`); any problem is one ScotdError naming the source, the line and the key."""
+    def from_dict(cls, data: dict, source: str = "config", lines: dict | None = None,
+                  check_teacher: bool = True) -> PipelineConfig:
+        """Validate `data` (from `source`); any problem is one ScotdError naming the source, the line and the key.
+        `check_teacher=False` leaves an `onnx:` teacher's folder unchecked: a run restored from records whose chains
+        are all sampled goes on where its teacher is not."""
         if not isinstance(data, dict):
             raise ScotdError(f"{source}: expected a mapping of settings at the top level")
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(data, context={"check_teacher": check_teacher})
         except ValidationError as e:
             raise ScotdError("; ".join(_problem(err, source, lines or {}) for err in e.errors())) from None
 
@@ -391,6 +395,22 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
     return lines
 
 
+def _config_loader():
+    """PyYAML reads YAML 1.1, where a number with an exponent and no dot (`1e-4`, and the `5e-05` Python writes
+    into a run's config.json) is a string: that config would not load back with --config. This loader reads such
+    numbers as YAML 1.2 and JSON do, as floats."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    exponent = re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent, list("-+0123456789."))
+    return Loader
+
+
 def load_config(path: str | os.PathLike | None) -> PipelineConfig:
     if path is None:
         return DEMO
@@ -401,7 +421,7 @@ def load_config(path: str | os.PathLike | None) -> PipelineConfig:
     except OSError as e:
         raise ScotdError(f"cannot read config {path}: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_config_loader()) or {}
         lines = _key_lines(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -419,7 +439,7 @@ def config_differences(old: dict, current: dict) -> list[str]:
     """The settings in which a saved config (a run directory's, or a records archive's) differs from `current`.
     A setting the saved config lacks (added in a later version) counts as the same when it has its default."""
     try:  # a nested setting added later (tune.epochs) gets its default too
-        old = PipelineConfig.model_validate(old).model_dump()
+        old = PipelineConfig.model_validate(old, context={"check_teacher": False}).model_dump()
     except ValidationError:
         pass
     defaults = PipelineConfig.model_construct().model_dump()
@@ -569,7 +589,7 @@ def stage_sample(run: Run, say) -> dict:
     if run.cfg.corpus_source != "sample":
         return _import_corpus(run, say)
     from .prompts import load_prompt
-    from .sampling import SampleSettings, run_sampling
+    from .sampling import SampleSettings, chains_left, run_sampling
     from .teacher import get_teacher, parse_teacher
 
     cfg = run.cfg
@@ -586,10 +606,17 @@ def stage_sample(run: Run, say) -> dict:
     settings = SampleSettings(task=cfg.task, split=cfg.train_split, teacher=cfg.teacher, n=cfg.n,
                               temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                               prompt_version=prompt.prompt_version, seed=cfg.seed, limit=cfg.train_limit)
+    def render(ex) -> str:
+        return prompt.render(ex.question, ex.choices)
+
+    resume = run.corpus.exists()
+    if resume and chains_left(examples, settings, run.corpus) == 0:
+        summary = run_sampling(examples, render, None, settings, run.corpus, resume=True)
+        say(f"  every question has its {cfg.n} chains already (the teacher is not loaded): " + summary.line())
+        return _sample_summary(summary, examples)
     kind, _ = parse_teacher(cfg.teacher)
     # every backend gets the run seed: each chain's own seed derives from it (scotd_harness.seeding)
     backend = get_teacher(cfg.teacher, seed=cfg.seed, **({"api_base": cfg.api_base} if kind == "openai" else {}))
-    resume = run.corpus.exists()
     # the onnx teacher keeps its batch full only when handed several batches' worth of questions at a time
     per_call = backend.questions_per_call(cfg.n) if kind == "onnx" else 8
     last_pack = time.monotonic()
@@ -605,11 +632,15 @@ def stage_sample(run: Run, say) -> dict:
             last_pack = time.monotonic()
 
     try:
-        summary = run_sampling(examples, lambda ex: prompt.render(ex.question, ex.choices), backend, settings,
-                               run.corpus, resume=resume, questions_per_call=per_call, after_call=pack_now_and_then)
+        summary = run_sampling(examples, render, backend, settings, run.corpus, resume=resume,
+                               questions_per_call=per_call, after_call=pack_now_and_then)
     finally:
         backend.close()
     say("  " + summary.line())
+    return _sample_summary(summary, examples)
+
+
+def _sample_summary(summary, examples) -> dict:
     return {"chains": summary.chains_written + summary.chains_skipped, "questions": len(examples),
             "teacher_accuracy": summary.correct / summary.chains_written if summary.chains_written else None}
 

@@ -155,6 +155,17 @@ def prepare_output(out: str | os.PathLike, settings: SampleSettings, resume: boo
     return {row.key for row in read_corpus(out, tolerate_torn_tail=False)}
 
 
+def chains_left(examples: Sequence, settings: SampleSettings, out: str | os.PathLike) -> int:
+    """Chains of `examples` that `out` does not hold yet (no side effects): where none are left the teacher need
+    not be loaded, so a finished sample restored where its teacher is not (another machine) goes on."""
+    out = Path(out)
+    if not out.is_file():
+        return len(examples) * settings.n
+    check_output(out, settings, resume=True)
+    done = {row.key for row in read_corpus(out)}
+    return sum((ex.task, ex.id, i) not in done for ex in examples for i in range(settings.n))
+
+
 def make_row(example, index: int, completion, settings: SampleSettings, token_logprobs: bool = True) -> CorpusRow:
     """One chain as a corpus line: the answer parsed and checked by `formats`, provenance recorded, and (where
     the backend gives them and `token_logprobs`) the per-token log-probabilities, rounded to 4 decimals."""

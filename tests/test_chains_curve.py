@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import tarfile
 import time
@@ -30,7 +31,9 @@ def test_a_lost_run_folder_goes_on_from_the_kept_records(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)  # (the script moves into its run folder; pytest's tmp_path is its parent)
     exclude = tmp_path / "seen.jsonl"
     exclude.write_text("")
-    args = ["--teacher", str(onnx_student_dir), "--exclude", str(exclude), "--run-dir", "curve",
+    export = tmp_path / "teacher"  # (linked, not copied: it is lost with the run folder below)
+    shutil.copytree(onnx_student_dir, export, copy_function=os.link)
+    args = ["--teacher", str(export), "--exclude", str(exclude), "--run-dir", "curve",
             "--records", "kept", "--questions", "2", "--n", "2", "--max-new-tokens", "8", "--arms", "none",
             "--eval-limit", "2", "--results", "results"]
     _chains_curve().main(args)
@@ -62,11 +65,21 @@ def test_a_lost_run_folder_goes_on_from_the_kept_records(tmp_path, monkeypatch, 
     wall = json.loads((tmp_path / "results" / "chains_curve.json").read_text())["wall_time_s"]
     assert wall == {**first_sitting, "total": round(sum(first_sitting.values()), 1)}
 
+    # a lost scratch disk, the teacher's export with it: the teacher's stages are recorded, and the arms need only
+    # the chains, so the study goes on without it (nothing sampled or scored again)
     shutil.rmtree(tmp_path / "curve")
+    shutil.rmtree(export)
+    page = (tmp_path / "results" / "chains_curve.md").read_bytes()
+    # nothing restored yet: the page is not rewritten without the recorded stages' figures
+    with pytest.raises(SystemExit, match="sample, teacher-eval: recorded in .* but not in"):
+        _chains_curve().main([*args, "--report-only"])
+    monkeypatch.chdir(tmp_path)
+    assert (tmp_path / "results" / "chains_curve.md").read_bytes() == page
     caplog.clear()
     _chains_curve().main(args)
     assert (tmp_path / "curve" / "sample" / "corpus.jsonl").read_bytes() == corpus
     assert "0 chains written for 0 questions (4 already in the corpus)" in caplog.text
+    assert "the teacher is not loaded" in caplog.text
     # the teacher's own scores come back from their records too, not from scoring it again
     assert "teacher-eval: evaluated already" in caplog.text
     assert "teacher-eval: done" not in caplog.text

@@ -93,6 +93,22 @@ def test_config_accepts_an_int_for_a_float_and_round_trips(tmp_path):
     assert PipelineConfig.from_dict(cfg.model_dump()) == cfg
 
 
+def test_a_run_config_loads_back_with_exponent_floats(tmp_path):
+    """Python writes 5e-05 into a run's config.json and users write 1e-4; PyYAML (YAML 1.1) reads both as strings,
+    so a run's own recorded config was refused by --config ('must be float, got 5e-05')."""
+    cfg = PipelineConfig.from_dict({"task": "csqa", "train_split": "train-fit", "train": {"weight_decay": 5e-05},
+                                    "tune": {"learning_rate": [5e-05, 2e-4]}})
+    recorded = tmp_path / "config.json"
+    recorded.write_text(json.dumps(cfg.model_dump(), indent=2))
+    assert "5e-05" in recorded.read_text()
+    assert load_config(recorded) == cfg
+    written = tmp_path / "by-hand.yaml"
+    written.write_text("task: demo\ntrain: {learning_rate: 1e-4, weight_decay: 1E-2, warmup_ratio: .5}\n"
+                       "seed: 7\nteacher: hf:embedded\n")
+    loaded = load_config(written)
+    assert loaded.train == {"learning_rate": 1e-4, "weight_decay": 0.01, "warmup_ratio": 0.5} and loaded.seed == 7
+
+
 def test_cli_reports_a_bad_config_cleanly(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("export_quantize: int3\n")
