@@ -411,7 +411,8 @@ def _config_loader():
     return Loader
 
 
-def load_config(path: str | os.PathLike | None) -> PipelineConfig:
+def load_config(path: str | os.PathLike | None, check_teacher: bool = True) -> PipelineConfig:
+    """The config at `path` (YAML or JSON), or the demo run's; `check_teacher`: see PipelineConfig.from_dict."""
     if path is None:
         return DEMO
     import yaml
@@ -427,7 +428,7 @@ def load_config(path: str | os.PathLike | None) -> PipelineConfig:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ScotdError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    return PipelineConfig.from_dict(data, str(path), lines)
+    return PipelineConfig.from_dict(data, str(path), lines, check_teacher=check_teacher)
 
 
 def stages_of(cfg: PipelineConfig) -> tuple[str, ...]:

@@ -97,6 +97,36 @@ def test_a_lost_run_folder_goes_on_from_the_kept_records(tmp_path, monkeypatch, 
     assert "sample:" not in caplog.text and "teacher-eval:" not in caplog.text
 
 
+def test_a_scored_teacher_is_not_trained_again_where_its_export_is_lost(tmp_path, monkeypatch, caplog, data_dir,
+                                                                         onnx_student_dir):
+    """With --teacher-run the teacher is exported into the run folder; lost with it, and the teacher run restored
+    from its records (its students' training records and corpora, no weights), the study goes on from its own
+    records: the teacher is not trained and exported again (another teacher), nor sampled or scored again."""
+    caplog.set_level("INFO", logger="chains_curve")
+    monkeypatch.chdir(tmp_path)
+    student = tmp_path / "palm" / "students" / "s"  # the teacher run as `scotd pipeline --restore` leaves it
+    student.mkdir(parents=True)
+    (student / "scotd.json").write_text(json.dumps({"training": {"corpus": "./corpora/seen.jsonl"}}))
+    (tmp_path / "palm" / "corpora").mkdir()
+    (tmp_path / "palm" / "corpora" / "seen.jsonl").write_text("")
+    shutil.copytree(onnx_student_dir, tmp_path / "curve" / "teacher", copy_function=os.link)  # (as exported)
+    args = ["--teacher-run", "palm", "--teacher-student", "s", "--run-dir", "curve", "--records", "kept",
+            "--questions", "1", "--n", "2", "--max-new-tokens", "8", "--arms", "none", "--eval-limit", "1",
+            "--results", "results"]
+    _chains_curve().main(args)
+    monkeypatch.chdir(tmp_path)
+    corpus = (tmp_path / "curve" / "sample" / "corpus.jsonl").read_bytes()
+    page = (tmp_path / "results" / "chains_curve.md").read_text()
+    shutil.rmtree(tmp_path / "curve")
+    caplog.clear()
+    _chains_curve().main(args)
+    assert "going on without its export" in caplog.text and "the teacher is not loaded" in caplog.text
+    assert "teacher-eval: evaluated already" in caplog.text
+    assert (tmp_path / "curve" / "sample" / "corpus.jsonl").read_bytes() == corpus
+    assert not (tmp_path / "curve" / "teacher").exists()
+    assert (tmp_path / "results" / "chains_curve.md").read_text().split("Wall time")[0] == page.split("Wall time")[0]
+
+
 def test_the_wall_clock_sums_sittings_and_counts_while_a_stage_runs(tmp_path):
     """The study states its wall time over several sittings: the count is on disk while a stage runs (what a
     sitting killed there leaves behind), and the next sitting adds to it."""

@@ -251,3 +251,41 @@ def test_a_run_killed_while_sampling_goes_on_from_its_kept_records(tmp_path, mon
     with pytest.raises(ScotdError, match="killed is behind the records of .*corpus.jsonl holds 2 chains, the records 4"):
         run_pipeline(cfg, tmp_path / "killed", until="sample", restore=kept, keep_records=kept, say=lambda msg: None)
     assert kept.read_bytes() == before
+
+
+def test_a_run_goes_on_from_its_records_where_its_teacher_is_not(tmp_path, onnx_student_dir):
+    """Records travel to a machine without the teacher (its export stayed behind): `scotd pipeline --restore` goes
+    on when every chain is sampled, without loading the teacher; with chains left to sample it says which teacher it
+    lacks, and a new run still refuses a teacher that is not there before it makes its folder."""
+    from click.testing import CliRunner
+
+    from scotd_harness.cli import cli
+
+    teacher = tmp_path / "teacher"  # (linked, not copied: it is lost below)
+    shutil.copytree(onnx_student_dir, teacher, copy_function=os.link)
+    config = tmp_path / "run.yaml"
+    config.write_text(f"task: demo\nteacher: onnx:{teacher}\nn: 2\ntrain_limit: 2\nmax_new_tokens: 8\n"
+                      "filters: [all]\n")
+    args = ["pipeline", "--config", str(config), "--until", "filter", "--no-report"]
+    sampled = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "there")])
+    assert sampled.exit_code == 0, sampled.output
+    corpus = (tmp_path / "there" / "corpus.jsonl").read_bytes()
+    assert len(corpus.splitlines()) == 4
+    shutil.rmtree(teacher)
+
+    restored = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "here"),
+                                        "--restore", str(tmp_path / "there" / "records.tar.gz")])
+    assert restored.exit_code == 0, restored.output
+    assert "the teacher is not loaded" in restored.output
+    assert (tmp_path / "here" / "corpus.jsonl").read_bytes() == corpus
+    assert (tmp_path / "here" / "corpus.filtered.jsonl").is_file()
+
+    # one question's chains lost: the teacher is needed, and the error names it
+    partial = tmp_path / "partial"
+    shutil.copytree(tmp_path / "here", partial)
+    (partial / "stages.json").unlink()
+    (partial / "corpus.jsonl").write_bytes(b"".join(corpus.splitlines(keepends=True)[:2]))
+    lacking = CliRunner().invoke(cli, [*args, "--out", str(partial)])
+    assert lacking.exit_code == 1 and f"directory {teacher} not found" in lacking.output
+    fresh = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "fresh")])
+    assert fresh.exit_code == 1 and "key 'teacher'" in fresh.output and not (tmp_path / "fresh").exists()

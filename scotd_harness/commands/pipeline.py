@@ -1,5 +1,7 @@
 """`scotd pipeline`: the whole method as one resumable job."""
 
+from pathlib import Path
+
 import click
 
 from .. import recipes
@@ -54,7 +56,9 @@ def command(config_path, preset, out, from_stage, until, report, restore, score_
         if config_path is not None:
             raise click.UsageError("give --config or --preset, not both")
         config_path = recipes.path(preset)
-    cfg = load_config(config_path)
+    # a run going on (its folder, or its records) is tied to its config already: its teacher is needed only if
+    # chains are left to sample, and the sample stage says so then (a run moved to a machine without it goes on)
+    cfg = load_config(config_path, check_teacher=restore is None and not (Path(out) / "config.json").is_file())
     say = lambda msg: click.echo(msg, err=True)  # noqa: E731
     from ..report import write_report
 
