@@ -4,6 +4,7 @@ model is prepared once per machine into the user cache and reused."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,18 @@ def _cached_export(name: str, build) -> Path:
         if not (target / "scotd.json").is_file():
             build(target)
     return target
+
+
+def copy_export(src: Path, dst: Path) -> Path:
+    """A copy of an export that a test may lose: hard links where the two folders share a file system (an
+    fp32 export is 0.5 GB), a plain copy where they do not."""
+    def link_or_copy(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    return Path(shutil.copytree(src, dst, copy_function=link_or_copy))
 
 
 @pytest.fixture(scope="session")

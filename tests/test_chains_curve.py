@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
+from conftest import copy_export
 
 from scotd_harness.errors import ScotdError
 
@@ -31,8 +31,8 @@ def test_a_lost_run_folder_goes_on_from_the_kept_records(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)  # (the script moves into its run folder; pytest's tmp_path is its parent)
     exclude = tmp_path / "seen.jsonl"
     exclude.write_text("")
-    export = tmp_path / "teacher"  # (linked, not copied: it is lost with the run folder below)
-    shutil.copytree(onnx_student_dir, export, copy_function=os.link)
+    export = tmp_path / "teacher"  # (a copy: it is lost with the run folder below)
+    copy_export(onnx_student_dir, export)
     args = ["--teacher", str(export), "--exclude", str(exclude), "--run-dir", "curve",
             "--records", "kept", "--questions", "2", "--n", "2", "--max-new-tokens", "8", "--arms", "none",
             "--eval-limit", "2", "--results", "results"]
@@ -109,7 +109,7 @@ def test_a_scored_teacher_is_not_trained_again_where_its_export_is_lost(tmp_path
     (student / "scotd.json").write_text(json.dumps({"training": {"corpus": "./corpora/seen.jsonl"}}))
     (tmp_path / "palm" / "corpora").mkdir()
     (tmp_path / "palm" / "corpora" / "seen.jsonl").write_text("")
-    shutil.copytree(onnx_student_dir, tmp_path / "curve" / "teacher", copy_function=os.link)  # (as exported)
+    copy_export(onnx_student_dir, tmp_path / "curve" / "teacher")  # (as exported)
     args = ["--teacher-run", "palm", "--teacher-student", "s", "--run-dir", "curve", "--records", "kept",
             "--questions", "1", "--n", "2", "--max-new-tokens", "8", "--arms", "none", "--eval-limit", "1",
             "--results", "results"]

@@ -13,6 +13,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import copy_export
 
 from scotd_harness import run_records
 from scotd_harness.errors import ScotdError
@@ -261,8 +262,8 @@ def test_a_run_goes_on_from_its_records_where_its_teacher_is_not(tmp_path, onnx_
 
     from scotd_harness.cli import cli
 
-    teacher = tmp_path / "teacher"  # (linked, not copied: it is lost below)
-    shutil.copytree(onnx_student_dir, teacher, copy_function=os.link)
+    teacher = tmp_path / "teacher"  # (a copy: it is lost below)
+    copy_export(onnx_student_dir, teacher)
     config = tmp_path / "run.yaml"
     config.write_text(f"task: demo\nteacher: onnx:{teacher}\nn: 2\ntrain_limit: 2\nmax_new_tokens: 8\n"
                       "filters: [all]\n")
