@@ -223,8 +223,8 @@ def _paired_outcomes(mine: dict | None, theirs: dict | None, against: str) -> di
     if not common:
         return None
     paired = mcnemar([mine[q].correct for q in common], [theirs[q].correct for q in common])
-    return {"against": against, "n": paired.n, "only_a": paired.only_a, "only_b": paired.only_b,
-            "difference": paired.difference, "p_value": paired.p_value}
+    return {"against": against, "n": paired.n, "both": paired.both, "only_a": paired.only_a,
+            "only_b": paired.only_b, "difference": paired.difference, "p_value": paired.p_value}
 
 
 def _vs_cose_section(rows: list[dict]) -> str:
@@ -356,6 +356,8 @@ def sweep_rows(runs: list[dict]) -> list[dict]:
     for i, row in enumerate(rows):
         ref = _sweep_reference(i, rows)
         row["vs"] = None if ref is None else _paired_outcomes(outcomes[i], outcomes[ref], rows[ref]["run"])
+        row["paired"] = [{**paired, "question": question} for j, question in _sweep_questions(i, rows)
+                         if (paired := _paired_outcomes(outcomes[i], outcomes[j], rows[j]["run"]))]
     return rows
 
 
@@ -372,6 +374,28 @@ def _sweep_reference(i: int, rows: list[dict]) -> int | None:
                 if r["random_selection"] and r["n"] == row["n"] and r["base"] == row["base"]]
         ref = next((j for j in same if rows[j]["k"] == row["k"]), same[0] if same else None)
     return None if ref == i else ref
+
+
+def _sweep_questions(i: int, rows: list[dict]) -> list[tuple[int, str]]:
+    """Every row a sweep row is paired with, and the question each pairing asks: its reference
+    (`_sweep_reference`); for a curve point also the point before it on its line (where the curve flattens shows
+    up here, not against the first point), and for a point of the few-shot setting (`all`) the supervised point
+    (`correct`) with as many chains (what the wrong chains cost)."""
+    row, out = rows[i], []
+    ref = _sweep_reference(i, rows)
+    if ref is not None:
+        out.append((ref, "more chains per question, against the fewest" if row["curve"]
+                    else "selection, against selecting at random"))
+    if row["curve"]:
+        line = [j for j, r in enumerate(rows) if r["curve"] and r["filters"] == row["filters"] and r["n"] < row["n"]]
+        previous = max(line, key=lambda j: rows[j]["n"], default=None)
+        if previous is not None and previous != ref:
+            out.append((previous, "more chains per question, against the point before"))
+        if row["filters"] == "all":
+            supervised = [j for j, r in enumerate(rows) if r["curve"] and r["filters"] == "correct"
+                          and r["n"] == row["n"]]
+            out.extend((j, "every chain (few-shot), against the correct ones (supervised)") for j in supervised[:1])
+    return out
 
 
 def _selected_k(filters: list[str]) -> int | None:
@@ -471,6 +495,15 @@ def _sweep_section(rows: list[dict], path: Path) -> str:
                  "the point of its filter with the fewest chains per question; a selection, the one that selects "
                  "at random. `epochs`: passes over the chains the student trained on; `kept step`: the checkpoint "
                  "of lowest dev loss, of all the steps trained.\n")
+    pairs = [(r, p) for r in curve + chosen for p in r.get("paired", [])]
+    if pairs:
+        parts.append("### Paired comparisons\n\n| run | against | asks | questions | both right | only run | "
+                     "only against | difference (pts) | McNemar p |\n|---|---|---|---:|---:|---:|---:|---:|---:|\n" +
+                     "".join(f"| {r['run']} | {p['against']} | {p['question']} | {p['n']} | {p['both']} | "
+                             f"{p['only_a']} | {p['only_b']} | {100 * p['difference']:+.1f} | {_p(p['p_value'])} |\n"
+                             for r, p in pairs) +
+                     "\nOn the questions both answered: `only run` is how many the run gets right and the other "
+                     "does not, and McNemar's exact test asks whether those two counts differ by more than chance.\n")
     return "\n".join(parts)
 
 

@@ -356,6 +356,7 @@ def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
     runs = {
         "n1-correct": (1, ["correct"], set(range(10)), [(0, "a b"), (1, "c d")]),
         "n4-correct": (4, ["correct"], set(range(16)), [(0, "a b"), (0, "A  b"), (0, "x y"), (1, "c d")]),
+        "n16-correct": (16, ["correct"], set(range(5, 20)), [(0, "a b"), (1, "c d")]),
         "n1-all": (1, ["all"], set(range(8)), [(0, "a b"), (1, "c d"), (2, "e f")]),
         "n4-all": (4, ["all"], set(range(12)), [(0, "a b"), (0, "q r"), (1, "c d"), (2, "e f")]),
         "n4-all-random-k": (4, ["all", "random-k:k=2"], set(range(2)), [(0, "a b")]),  # not from correct chains
@@ -393,6 +394,19 @@ def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
     assert (chosen["against"], chosen["only_a"], chosen["only_b"]) == ("n4-random-k", 6, 4)
     assert f"| n4-random-k | {100 * 2 / N:+.1f} | {chosen['p_value']:.2g} |" in selection
     assert "| n1-all | +10.0 |" in curve
+    # every pairing and what it asks: the point before on the line (n16 against n4, not only against n1), the
+    # few-shot point against the supervised one with as many chains, and a selection against random
+    paired = {(r["run"], p["against"]): p for r in sweep for p in r["paired"]}
+    assert set(paired) == {("n4-correct", "n1-correct"), ("n16-correct", "n1-correct"), ("n16-correct", "n4-correct"),
+                           ("n4-all", "n1-all"), ("n4-all", "n4-correct"), ("n1-all", "n1-correct"),
+                           ("n4-likelihood-k", "n4-random-k")}  # (random arms and n1-diversity-k: no random to beat)
+    flat = paired["n16-correct", "n4-correct"]  # right on 5-19 against 0-15
+    assert (flat["n"], flat["both"], flat["only_a"], flat["only_b"]) == (N, 11, 4, 5)
+    assert flat["p_value"] == mcnemar_exact_p(4, 5) and "point before" in flat["question"]
+    wrong = paired["n4-all", "n4-correct"]  # right on 0-11 against 0-15
+    assert (wrong["both"], wrong["only_a"], wrong["only_b"]) == (12, 0, 4) and "supervised" in wrong["question"]
+    table = report.split("### Paired comparisons")[1]
+    assert f"| n16-correct | n4-correct | {flat['question']} | {N} | 11 | 4 | 5 | -2.5 | " in table
     assert (dirs[0] / "accuracy_vs_n.png").stat().st_size > 1000
 
 
