@@ -317,11 +317,12 @@ def write_results(args, root: Path, teacher: Path, clock: WallClock) -> None:
 
     done = [root / name for name in arms() if (root / name / "eval" / "scotd" / "results.json").is_file()]
     report, md = {}, "No arm has been scored yet.\n"
+    teacher_scores = teacher_accuracy(args, root, teacher)
     if done:
-        write_report(done[0], sweep=done[1:])
+        write_report(done[0], sweep=done[1:], references=teacher_references(teacher_scores))
         report = json.loads((done[0] / "report.json").read_text())
         md = (done[0] / "report.md").read_text()
-    report["teacher"] = teacher_accuracy(args, root, teacher)
+    report["teacher"] = teacher_scores
     report["wall_time_s"] = {**clock.seconds, "total": round(sum(clock.seconds.values()), 1)}
     # (the folders are this machine's, not settings of the study)
     report["settings"] = {k: v for k, v in vars(args).items()
@@ -370,6 +371,13 @@ def teacher_accuracy(args, root: Path, teacher: Path) -> dict:
         out["majority_vote"] = (sum(votes[q].most_common(1)[0][0] == a for q, a in gold.items() if votes[q])
                                 / len(gold)) if gold else None
     return out
+
+
+def teacher_references(teacher: dict) -> dict[str, float]:
+    """The teacher's dev accuracies, drawn beside the curve: is a student above its teacher?"""
+    labels = {"dev_greedy_fewshot": "teacher, few-shot (as it sampled)",
+              "dev_greedy_fp32": "teacher, zero-shot (fp32)"}
+    return {label: teacher[key] for key, label in labels.items() if teacher.get(key) is not None}
 
 
 def teacher_section(teacher: dict) -> str:

@@ -468,8 +468,9 @@ def _training_corpora_section(corpora: list[dict]) -> str:
         "rationale names a choice when the choice's text appears in it as whole words (a plural too), in any case.\n")
 
 
-def _sweep_section(rows: list[dict], path: Path) -> str:
-    """Accuracy against chains per question, a line per filter (the plot), then the selection arms' table."""
+def _sweep_section(rows: list[dict], path: Path, references: dict[str, float] | None = None) -> str:
+    """Accuracy against chains per question, a line per filter (the plot, with the selection arms as points and
+    `references`, {label: accuracy}, e.g. the teacher's, as level lines), then the selection arms' table."""
     curve = sorted((r for r in rows if r["curve"]), key=lambda r: (r["filters"], r["n"]))
     chosen = [r for r in rows if not r["curve"]]
     parts = ["## Accuracy against chains per question\n"]
@@ -487,8 +488,11 @@ def _sweep_section(rows: list[dict], path: Path) -> str:
                 f"{_pct(r['acc'])} | {_pct(r['ci_low'])}-{_pct(r['ci_high'])} | {paired} |\n")
 
     parts.append(header + "".join(map(line, curve)))
-    if len({r["n"] for r in curve}) >= 2 and _plot_sweep(curve, path):
+    if len({r["n"] for r in curve}) >= 2 and _plot_sweep(curve, chosen, path, references or {}):
         parts.append(f"\n![sweep]({path.name})\n")
+        if references:
+            parts.append("Dashed lines in the plot: " + "; ".join(
+                f"{label} {_pct(acc)}%" for label, acc in references.items()) + ".\n")
     if chosen:
         parts.append("\n### Selecting chains\n\n" + header + "".join(map(line, chosen)))
     parts.append("\nEach run against, on the same questions (McNemar's exact test, two-sided): a point of the curve, "
@@ -507,8 +511,10 @@ def _sweep_section(rows: list[dict], path: Path) -> str:
     return "\n".join(parts)
 
 
-def _plot_sweep(curve: list[dict], path: Path) -> bool:
-    """Accuracy (with its interval) against n on a log axis, one line per filter setting."""
+def _plot_sweep(curve: list[dict], chosen: list[dict], path: Path, references: dict[str, float]) -> bool:
+    """Accuracy (with its interval) against n on a log axis, one line per filter setting; each selection arm a
+    point of its own beside its n (set apart a little so the intervals do not hide each other), each reference a
+    dashed level line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -521,12 +527,24 @@ def _plot_sweep(curve: list[dict], path: Path) -> bool:
         err = [[a - 100 * r["ci_low"] if r["ci_low"] is not None else 0 for a, r in zip(accs, pts)],
                [100 * r["ci_high"] - a if r["ci_high"] is not None else 0 for a, r in zip(accs, pts)]]
         ax.errorbar(ns, accs, yerr=err, marker="o", capsize=3, label=filters)
+    for i, r in enumerate(chosen):
+        acc = 100 * r["acc"]
+        err = [[acc - 100 * r["ci_low"] if r["ci_low"] is not None else 0],
+               [100 * r["ci_high"] - acc if r["ci_high"] is not None else 0]]
+        ax.errorbar([r["n"] * 1.07 ** (i + 1)], [acc], yerr=err, marker="sDv^<>p*h"[i % 9], linestyle="none",
+                    capsize=3, label=r["run"])
+    for i, (label, acc) in enumerate(references.items()):
+        ax.axhline(100 * acc, linestyle="--", linewidth=1, color=f"C{7 + i % 3}", label=label)
     ax.set_xscale("log")
     ax.set_xticks(sorted({r["n"] for r in curve}), [str(n) for n in sorted({r["n"] for r in curve})])
     ax.set_xlabel("chains per question (n)")
     ax.set_ylabel("student accuracy (%), 95% CI")
     ax.set_title("SCoTD: accuracy against sampled chains")
-    ax.legend(title="filter")
+    if chosen or references:  # (more entries than fit beside the points: the legend goes to the right)
+        fig.set_size_inches(8.0, 3.8)
+        ax.legend(title="filter / run", fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
+    else:
+        ax.legend(title="filter")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -704,9 +722,10 @@ DEMO_PREFACE = """> **Demonstration set, not a benchmark.** This run shows every
 """
 
 
-def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -> Path:
+def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = (),
+                 references: dict[str, float] | None = None) -> Path:
     """Write report.md, report.json (every row with its interval, paired test and flags), accuracy.png (and
-    accuracy_vs_n.png for a sweep), rating_sheet.{csv,html} into `root`."""
+    accuracy_vs_n.png for a sweep, `references` drawn as level lines), rating_sheet.{csv,html} into `root`."""
     run = load_run(root)
     out = run["root"]
     cfg = run["config"]
@@ -750,7 +769,7 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
 
     swept = sweep_rows([run] + [load_run(r) for r in sweep]) if sweep else []
     if swept:
-        parts.append(_sweep_section(swept, out / "accuracy_vs_n.png"))
+        parts.append(_sweep_section(swept, out / "accuracy_vs_n.png", references))
 
     corpus = out / "corpus.jsonl"
     if corpus.is_file():
@@ -792,7 +811,7 @@ def write_report(root: str | os.PathLike, sweep: list[str | os.PathLike] = ()) -
 
     atomic.write_json(out / "report.json", {
         "run": out.name, "config": cfg, "stages": run["stages"], "confidence": CONFIDENCE,
-        "interval": "wilson", "paired_test": "mcnemar-exact", "arms": rows, "sweep": swept,
+        "interval": "wilson", "paired_test": "mcnemar-exact", "arms": rows, "sweep": swept, "sweep_references": references or {},
         "tune": tune, "training_corpora": corpora})  # (while the stage runs too: every candidate scored so far, so a lost run keeps its record)
     path = out / "report.md"
     atomic.write_text(path, "\n".join(parts))

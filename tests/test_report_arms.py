@@ -374,6 +374,8 @@ def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
     assert res.exit_code == 0, res.output
     report = (dirs[0] / "report.md").read_text()
     sweep = json.loads((dirs[0] / "report.json").read_text())["sweep"]
+    plain = (dirs[0] / "accuracy_vs_n.png").read_bytes()
+    assert "Dashed lines" not in report
     by_run = {r["run"]: r for r in sweep}
     assert set(by_run) == set(runs)
     assert [r["curve"] for r in sweep].count(False) == 5 and not by_run["n4-random-k"]["curve"]
@@ -408,6 +410,11 @@ def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
     table = report.split("### Paired comparisons")[1]
     assert f"| n16-correct | n4-correct | {flat['question']} | {N} | 11 | 4 | 5 | -2.5 | " in table
     assert (dirs[0] / "accuracy_vs_n.png").stat().st_size > 1000
+    # the teacher's accuracy beside the curve, where the caller gives it (bench/chains_curve.py does)
+    write_report(dirs[0], sweep=dirs[1:], references={"teacher, few-shot": 0.37})
+    assert "Dashed lines in the plot: teacher, few-shot 37.0%." in (dirs[0] / "report.md").read_text()
+    assert json.loads((dirs[0] / "report.json").read_text())["sweep_references"] == {"teacher, few-shot": 0.37}
+    assert (dirs[0] / "accuracy_vs_n.png").read_bytes() != plain
 
 
 def test_report_shows_the_tuning_candidates_scored_so_far(tmp_path):
