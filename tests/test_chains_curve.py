@@ -168,3 +168,13 @@ def test_teacher_scores_of_other_settings_are_refused(tmp_path, monkeypatch, dat
     with pytest.raises(ScotdError, match=r"other settings \(limit differ\).*move .*teacher-eval.tar.gz aside"):
         _chains_curve().main([*args, "--eval-limit", "3"])
     assert kept.read_bytes() == before[1]
+
+
+def test_the_teachers_dev_accuracies_are_the_plots_level_lines():
+    """Both of the teacher's dev scores go beside the curve, and a score not measured draws no line."""
+    study = _chains_curve()
+    teacher = {"export": "teacher", "dev_greedy_fewshot": 0.37, "dev_greedy_fp32": 0.426, "per_chain": 0.295}
+    assert study.teacher_references(teacher) == {"teacher, few-shot (as it sampled)": 0.37,
+                                                 "teacher, zero-shot (fp32)": 0.426}
+    assert study.teacher_references({"export": "teacher", "dev_greedy_fewshot": 0.37}) == {
+        "teacher, few-shot (as it sampled)": 0.37}

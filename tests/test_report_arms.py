@@ -410,6 +410,10 @@ def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
     table = report.split("### Paired comparisons")[1]
     assert f"| n16-correct | n4-correct | {flat['question']} | {N} | 11 | 4 | 5 | -2.5 | " in table
     assert (dirs[0] / "accuracy_vs_n.png").stat().st_size > 1000
+    # the selection arms are points of the plot: without them it is another picture
+    curve_only = [d for d in dirs[1:] if by_run[d.name]["curve"]]
+    write_report(dirs[0], sweep=curve_only)
+    assert (dirs[0] / "accuracy_vs_n.png").read_bytes() != plain
     # the teacher's accuracy beside the curve, where the caller gives it (bench/chains_curve.py does)
     write_report(dirs[0], sweep=dirs[1:], references={"teacher, few-shot": 0.37})
     assert "Dashed lines in the plot: teacher, few-shot 37.0%." in (dirs[0] / "report.md").read_text()
