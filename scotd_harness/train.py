@@ -124,7 +124,13 @@ class DistillConfig(TrainingArguments):
         default=None, metadata={"help": "A separate corpus whose questions form the dev set."}
     )
     max_dev_questions: int | None = field(
-        default=None, metadata={"help": "Use at most this many dev questions (the first by id hash)."}
+        default=None, metadata={"help": "Use at most this many dev questions (the first by id hash). The rest of "
+                                "a dev_fraction are still held out of training: dev_questions trains on them."}
+    )
+    dev_questions: int | None = field(
+        default=None,
+        metadata={"help": "Instead of dev_fraction: hold out this many corpus questions (the first by id hash) as "
+                  "the dev set and train on every other one."},
     )
     keep_best: bool = field(
         default=True,
@@ -158,6 +164,11 @@ class DistillConfig(TrainingArguments):
             raise ScotdError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if not 0.0 <= self.dev_fraction < 1.0:
             raise ScotdError(f"dev_fraction must be in [0, 1), not {self.dev_fraction}")
+        if self.dev_questions is not None and self.dev_questions < 1:
+            raise ScotdError(f"dev_questions must be at least 1, not {self.dev_questions}")
+        if self.dev_questions is not None and self.dev_fraction > 0:
+            raise ScotdError(f"give dev_questions ({self.dev_questions}) or dev_fraction ({self.dev_fraction}), "
+                             "not both: each chooses the held-out questions")
         if self.max_length < 8:
             raise ScotdError(f"max_length {self.max_length} is too short for any example")
         self.group_by_length = self.batching == "length"
@@ -180,7 +191,7 @@ class DistillConfig(TrainingArguments):
 
     @property
     def has_dev(self) -> bool:
-        return self.dev_fraction > 0 or self.dev_corpus is not None
+        return self.dev_fraction > 0 or self.dev_questions is not None or self.dev_corpus is not None
 
     def _resolve_precision(self) -> None:
         import torch
@@ -274,6 +285,12 @@ class CorpusStats:
 
 def _in_dev(question_id: str, fraction: float) -> bool:
     return in_hash_fraction(question_id, fraction)
+
+
+def _dev_order(question_id: str) -> str:
+    """The order in which dev questions are taken (max_dev_questions, dev_questions): by a hash of the id, so the
+    same question is chosen whatever the corpus's order and whatever else it holds."""
+    return hashlib.sha1(question_id.encode()).hexdigest()
 
 
 def load_rows(path: str | os.PathLike, task: str | None) -> tuple[list[CorpusRow], str]:
@@ -533,6 +550,14 @@ def prepare_data(cfg: DistillConfig, tokenizer) -> tuple[object, object | None, 
     if cfg.dev_fraction > 0:
         dev_rows += [r for r in rows if _in_dev(r.id, cfg.dev_fraction)]
         rows = [r for r in rows if not _in_dev(r.id, cfg.dev_fraction)]
+    if cfg.dev_questions is not None:
+        ids = sorted({r.id for r in rows}, key=_dev_order)
+        if len(ids) <= cfg.dev_questions:
+            raise ScotdError(f"corpus {cfg.corpus}: dev_questions {cfg.dev_questions} would hold out all its "
+                             f"{len(ids)} questions, leaving nothing to train on")
+        held = set(ids[: cfg.dev_questions])
+        dev_rows += [r for r in rows if r.id in held]
+        rows = [r for r in rows if r.id not in held]
     questions = build_questions(rows, tokenizer, cfg, stats)
     if stats.dropped:
         log.warning("corpus %s: dropped %s", cfg.corpus, ", ".join(f"{n} ({why})" for why, n in stats.dropped.items()))
@@ -545,8 +570,13 @@ def prepare_data(cfg: DistillConfig, tokenizer) -> tuple[object, object | None, 
     if cfg.has_dev:
         dev_stats = CorpusStats()
         dev_questions = build_questions(dev_rows, tokenizer, cfg, dev_stats, dev=True)
-        dev_questions.sort(key=lambda q: hashlib.sha1(q.key[1].encode()).hexdigest())
+        dev_questions.sort(key=lambda q: _dev_order(q.key[1]))
         if cfg.max_dev_questions is not None:
+            unused = len(dev_questions) - cfg.max_dev_questions
+            if unused > 0 and cfg.dev_fraction > 0:
+                log.warning("%d held-out questions (dev_fraction %s) are neither trained on nor scored "
+                            "(max_dev_questions %d); dev_questions %d would train on them", unused,
+                            cfg.dev_fraction, cfg.max_dev_questions, cfg.max_dev_questions)
             dev_questions = dev_questions[: cfg.max_dev_questions]
         if not dev_questions:
             raise ScotdError("the dev set is empty: raise dev_fraction or give a dev corpus with usable chains")
@@ -637,7 +667,8 @@ OPTIONS: list[tuple[str, str | None]] = [
     ("per_device_train_batch_size", "--batch-size"), ("per_device_eval_batch_size", "--eval-batch-size"),
     ("gradient_accumulation_steps", "--grad-accum"), ("warmup_ratio", None), ("warmup_steps", None),
     ("weight_decay", None), ("lr_scheduler_type", None), ("precision", None), ("gradient_checkpointing", None),
-    ("dev_fraction", None), ("dev_corpus", None), ("max_dev_questions", None), ("keep_best", None),
+    ("dev_fraction", None), ("dev_corpus", None), ("max_dev_questions", None), ("dev_questions", None),
+    ("keep_best", None),
     ("eval_steps", None), ("save_steps", None), ("save_total_limit", None), ("logging_steps", None),
     ("lora", None), ("lora_r", None), ("lora_alpha", None), ("lora_dropout", None), ("lora_target_modules", None),
     ("resume_from_checkpoint", "--resume"), ("seed", None), ("dataloader_num_workers", None),

@@ -88,6 +88,36 @@ def test_prompt_tokens_are_masked_and_target_is_the_formats_text(tmp_path, corpu
     assert target.startswith(" ") and target.endswith("So the answer is: (a)" + tokenizer.eos_token)
 
 
+def test_dev_questions_holds_out_that_many_and_trains_on_every_other_one(tmp_path, corpus, embedded_model_dir,
+                                                                         caplog):
+    """A dev fraction cut to max_dev_questions leaves the rest of the fraction out of training unused (and says
+    so); dev_questions holds out just the questions it scores and trains on all the others."""
+    from scotd_harness.train import load_tokenizer, prepare_data
+
+    many = write_rows(tmp_path / "many.jsonl", [{**r, "id": f"{r['id']}-{k}"} for k in range(4)
+                                                 for r in fixture_rows(corpus)])  # 24 usable questions
+    tokenizer, _ = load_tokenizer(str(embedded_model_dir))
+
+    def split(**kw) -> tuple[set[str], set[str]]:
+        train_ds, dev_ds, stats, _ = prepare_data(config(tmp_path, embedded_model_dir, many, **kw), tokenizer)
+        assert stats.dev_questions == len(dev_ds.questions)
+        return {q.key[1] for q in train_ds.questions}, {q.key[1] for q in dev_ds.questions}
+
+    caplog.set_level("WARNING", logger="scotd_harness.train")
+    trained, scored = split(dev_fraction=0.5, max_dev_questions=2)
+    assert len(scored) == 2 and len(trained) + len(scored) < 24
+    assert f"{24 - len(trained) - 2} held-out questions (dev_fraction 0.5) are neither trained on nor scored" in (
+        caplog.text)
+    caplog.clear()
+    trained_all, scored_same = split(dev_questions=2)
+    assert len(scored_same) == 2 and len(trained_all) == 22 and not trained_all & scored_same
+    assert "neither trained on" not in caplog.text
+    with pytest.raises(ScotdError, match="not both"):
+        config(tmp_path, embedded_model_dir, many, dev_questions=2, dev_fraction=0.1)
+    with pytest.raises(ScotdError, match="would hold out all its 24 questions"):
+        split(dev_questions=24)
+
+
 def test_label_only_targets_are_the_direct_answer(tmp_path, corpus, embedded_model_dir):
     from scotd_harness.train import IGNORE_INDEX, CorpusStats, build_questions, load_tokenizer
 
