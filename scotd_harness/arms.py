@@ -8,9 +8,10 @@ the same dev questions pair up for McNemar's test), and a smaller size's questio
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .hashsplit import hash_rank
 
 ARMS = ("scotd", "label_only", "cose")
 #: the corpus each arm trains on (label-only reads the chains' corpus for its questions and gold answers)
@@ -62,8 +63,7 @@ def subsample(ids, questions: int | None, seed: int) -> set[str]:
     ids = sorted(set(ids))
     if questions is None or questions >= len(ids):
         return set(ids)
-    key = lambda qid: hashlib.sha1(f"{seed}:{qid}".encode()).hexdigest()
-    return set(sorted(ids, key=key)[:questions])
+    return set(sorted(ids, key=lambda qid: hash_rank(qid, salt=f"{seed}:"))[:questions])
 
 
 def corpus_path(root: Path, stem: str) -> Path:

@@ -1,4 +1,5 @@
-"""Fixed pseudo-random subsets chosen by a hash of an id: the train-holdout split and training's dev slice.
+"""Fixed pseudo-random subsets chosen by a hash of an id: the train-holdout split, training's dev slice and the
+question subsets of train_sizes.
 
 A hash (not a seeded shuffle) keeps membership stable when a file grows, shrinks or is reordered, and the same on
 every machine and Python version. Standard library only.
@@ -12,6 +13,12 @@ import hashlib
 def hash_bucket(key: str, modulus: int) -> int:
     """sha1(key) as an integer, modulo `modulus`."""
     return int(hashlib.sha1(key.encode()).hexdigest(), 16) % modulus
+
+
+def hash_rank(key: str, salt: str = "") -> str:
+    """The place of `key` in a fixed pseudo-random order (sha1 of salt + key): the first n ids by it are the same
+    whatever a file's order, and nested (the first 2000 are among the first 4000)."""
+    return hashlib.sha1(f"{salt}{key}".encode()).hexdigest()
 
 
 def in_hash_fraction(key: str, fraction: float, modulus: int = 10_000) -> bool:

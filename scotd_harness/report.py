@@ -331,7 +331,8 @@ def sweep_rows(runs: list[dict]) -> list[dict]:
     """One row per run of a sweep (runs that differ in chains per question and in filters): its distilled
     student's greedy accuracy with the Wilson interval, and what its corpus held after filtering. A run whose
     filters are all `correct`/`all` is a point of the curve (a line per filter); any other is a selection arm.
-    Each row is compared on the same questions with its reference (`_sweep_reference`), in `vs`."""
+    Each row is compared on the same questions with its reference (`_sweep_reference`), in `vs`, and with every
+    row it is paired with (`_sweep_pairings`, the reference first), in `paired`."""
     rows, outcomes = [], []
     for run in runs:
         task = f"scotd_{run['config']['task']}"
@@ -342,6 +343,7 @@ def sweep_rows(runs: list[dict]) -> list[dict]:
         filters = run["config"]["filters"]
         names = [f.split(":")[0] for f in filters]
         rows.append({"run": run["root"].name, "n": int(run["config"]["n"]), "filters": ", ".join(filters),
+                     "filter_names": names,
                      "curve": all(name in CURVE_FILTERS for name in names),
                      "random_selection": {n for n in names if n not in CURVE_FILTERS} == {"random-k"},
                      "base": [f for f, name in zip(filters, names) if name in CURVE_FILTERS],
@@ -355,9 +357,10 @@ def sweep_rows(runs: list[dict]) -> list[dict]:
         outcomes.append(merged.get((task, greedy[0]["filter"])))
     for i, row in enumerate(rows):
         ref = _sweep_reference(i, rows)
-        row["vs"] = None if ref is None else _paired_outcomes(outcomes[i], outcomes[ref], rows[ref]["run"])
-        row["paired"] = [{**paired, "question": question} for j, question in _sweep_questions(i, rows)
-                         if (paired := _paired_outcomes(outcomes[i], outcomes[j], rows[j]["run"]))]
+        pairs = [(j, asks, _paired_outcomes(outcomes[i], outcomes[j], rows[j]["run"]))
+                 for j, asks in _sweep_pairings(i, rows)]
+        row["vs"] = next((paired for j, _, paired in pairs if j == ref), None)
+        row["paired"] = [{**paired, "asks": asks} for _, asks, paired in pairs if paired]
     return rows
 
 
@@ -376,10 +379,10 @@ def _sweep_reference(i: int, rows: list[dict]) -> int | None:
     return None if ref == i else ref
 
 
-def _sweep_questions(i: int, rows: list[dict]) -> list[tuple[int, str]]:
-    """Every row a sweep row is paired with, and the question each pairing asks: its reference
-    (`_sweep_reference`); for a curve point also the point before it on its line (where the curve flattens shows
-    up here, not against the first point), and for a point of the few-shot setting (`all`) the supervised point
+def _sweep_pairings(i: int, rows: list[dict]) -> list[tuple[int, str]]:
+    """Every row a sweep row is paired with, and what each pairing asks: its reference (`_sweep_reference`); for a
+    curve point also the point before it on its line (where the curve flattens shows up here, not against the
+    first point), and for a point of the few-shot setting (`all`, whatever its options) each supervised point
     (`correct`) with as many chains (what the wrong chains cost)."""
     row, out = rows[i], []
     ref = _sweep_reference(i, rows)
@@ -391,10 +394,10 @@ def _sweep_questions(i: int, rows: list[dict]) -> list[tuple[int, str]]:
         previous = max(line, key=lambda j: rows[j]["n"], default=None)
         if previous is not None and previous != ref:
             out.append((previous, "more chains per question, against the point before"))
-        if row["filters"] == "all":
-            supervised = [j for j, r in enumerate(rows) if r["curve"] and r["filters"] == "correct"
+        if row["filter_names"] == ["all"]:
+            supervised = [j for j, r in enumerate(rows) if r["curve"] and r["filter_names"] == ["correct"]
                           and r["n"] == row["n"]]
-            out.extend((j, "every chain (few-shot), against the correct ones (supervised)") for j in supervised[:1])
+            out.extend((j, "every chain (few-shot), against the correct ones (supervised)") for j in supervised)
     return out
 
 
@@ -491,7 +494,7 @@ def _sweep_section(rows: list[dict], path: Path, references: dict[str, float] | 
     if len({r["n"] for r in curve}) >= 2 and _plot_sweep(curve, chosen, path, references or {}):
         parts.append(f"\n![sweep]({path.name})\n")
         if references:
-            parts.append("Dashed lines in the plot: " + "; ".join(
+            parts.append("Grey level lines in the plot: " + "; ".join(
                 f"{label} {_pct(acc)}%" for label, acc in references.items()) + ".\n")
     if chosen:
         parts.append("\n### Selecting chains\n\n" + header + "".join(map(line, chosen)))
@@ -503,7 +506,7 @@ def _sweep_section(rows: list[dict], path: Path, references: dict[str, float] | 
     if pairs:
         parts.append("### Paired comparisons\n\n| run | against | asks | questions | both right | only run | "
                      "only against | difference (pts) | McNemar p |\n|---|---|---|---:|---:|---:|---:|---:|---:|\n" +
-                     "".join(f"| {r['run']} | {p['against']} | {p['question']} | {p['n']} | {p['both']} | "
+                     "".join(f"| {r['run']} | {p['against']} | {p['asks']} | {p['n']} | {p['both']} | "
                              f"{p['only_a']} | {p['only_b']} | {100 * p['difference']:+.1f} | {_p(p['p_value'])} |\n"
                              for r, p in pairs) +
                      "\nOn the questions both answered: `only run` is how many the run gets right and the other "
@@ -511,10 +514,10 @@ def _sweep_section(rows: list[dict], path: Path, references: dict[str, float] | 
     return "\n".join(parts)
 
 
-def _plot_sweep(curve: list[dict], chosen: list[dict], path: Path, references: dict[str, float]) -> bool:
+def _plot_sweep(curve: list[dict], chosen: list[dict], path: Path, references: dict[str, float]) -> list[str]:
     """Accuracy (with its interval) against n on a log axis, one line per filter setting; each selection arm a
     point of its own beside its n (set apart a little so the intervals do not hide each other), each reference a
-    dashed level line."""
+    grey level line. Returns the legend's labels: what the plot shows."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -527,14 +530,17 @@ def _plot_sweep(curve: list[dict], chosen: list[dict], path: Path, references: d
         err = [[a - 100 * r["ci_low"] if r["ci_low"] is not None else 0 for a, r in zip(accs, pts)],
                [100 * r["ci_high"] - a if r["ci_high"] is not None else 0 for a, r in zip(accs, pts)]]
         ax.errorbar(ns, accs, yerr=err, marker="o", capsize=3, label=filters)
+    beside: dict[int, int] = {}  # selection arms drawn so far at each n
     for i, r in enumerate(chosen):
-        acc = 100 * r["acc"]
+        acc, place = 100 * r["acc"], beside.setdefault(r["n"], 0) + 1
+        beside[r["n"]] = place
         err = [[acc - 100 * r["ci_low"] if r["ci_low"] is not None else 0],
                [100 * r["ci_high"] - acc if r["ci_high"] is not None else 0]]
-        ax.errorbar([r["n"] * 1.07 ** (i + 1)], [acc], yerr=err, marker="sDv^<>p*h"[i % 9], linestyle="none",
+        ax.errorbar([r["n"] * 1.06 ** place], [acc], yerr=err, marker="sDv^<>p*h"[i % 9], linestyle="none",
                     capsize=3, label=r["run"])
     for i, (label, acc) in enumerate(references.items()):
-        ax.axhline(100 * acc, linestyle="--", linewidth=1, color=f"C{7 + i % 3}", label=label)
+        ax.axhline(100 * acc, linestyle=("--", ":", "-.")[i % 3], linewidth=1, color=("0.35", "0.0")[i // 3 % 2],
+                   label=label)
     ax.set_xscale("log")
     ax.set_xticks(sorted({r["n"] for r in curve}), [str(n) for n in sorted({r["n"] for r in curve})])
     ax.set_xlabel("chains per question (n)")
@@ -545,10 +551,11 @@ def _plot_sweep(curve: list[dict], chosen: list[dict], path: Path, references: d
         ax.legend(title="filter / run", fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
     else:
         ax.legend(title="filter")
+    labels = ax.get_legend_handles_labels()[1]
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return True
+    return labels
 
 
 def _samples(run: dict, model: str) -> dict[str, dict]:

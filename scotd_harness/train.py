@@ -24,7 +24,6 @@ Hugging Face model (safetensors; LoRA adapters are merged) plus `scotd.json`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -43,7 +42,7 @@ from . import formats
 from .checksums import sha256_of
 from .corpus import CorpusRow, read_corpus
 from .errors import ScotdError
-from .hashsplit import in_hash_fraction
+from .hashsplit import hash_rank, in_hash_fraction
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +168,11 @@ class DistillConfig(TrainingArguments):
         if self.dev_questions is not None and self.dev_fraction > 0:
             raise ScotdError(f"give dev_questions ({self.dev_questions}) or dev_fraction ({self.dev_fraction}), "
                              "not both: each chooses the held-out questions")
+        if (self.dev_questions is not None and self.max_dev_questions is not None
+                and self.max_dev_questions < self.dev_questions):
+            raise ScotdError(f"max_dev_questions {self.max_dev_questions} would leave some of the dev_questions "
+                             f"{self.dev_questions} neither trained on nor scored: give dev_questions "
+                             f"{self.max_dev_questions} alone")
         if self.max_length < 8:
             raise ScotdError(f"max_length {self.max_length} is too short for any example")
         self.group_by_length = self.batching == "length"
@@ -287,10 +291,19 @@ def _in_dev(question_id: str, fraction: float) -> bool:
     return in_hash_fraction(question_id, fraction)
 
 
-def _dev_order(question_id: str) -> str:
-    """The order in which dev questions are taken (max_dev_questions, dev_questions): by a hash of the id, so the
-    same question is chosen whatever the corpus's order and whatever else it holds."""
-    return hashlib.sha1(question_id.encode()).hexdigest()
+def _hold_out(questions: list[Question], n: int, corpus, stats: CorpusStats) -> tuple[list[Question], list[Question]]:
+    """(questions to train on, the n held out for the dev loss): the first n by a hash of the id among those that
+    keep a chain, so each held-out question is scored (on its first chain, as a dev question always is) and no
+    question is lost to both. The training statistics count what is trained on."""
+    if len(questions) <= n:
+        raise ScotdError(f"corpus {corpus}: dev_questions {n} would hold out all its {len(questions)} usable "
+                         "questions, leaving nothing to train on")
+    held = set(sorted((q.key[1] for q in questions), key=hash_rank)[:n])
+    train = [q for q in questions if q.key[1] not in held]
+    dev = [Question(q.key, q.prompt_ids, q.targets[:1]) for q in questions if q.key[1] in held]
+    stats.questions -= len(dev)
+    stats.chains -= sum(len(q.targets) for q in questions if q.key[1] in held)
+    return train, dev
 
 
 def load_rows(path: str | os.PathLike, task: str | None) -> tuple[list[CorpusRow], str]:
@@ -550,15 +563,11 @@ def prepare_data(cfg: DistillConfig, tokenizer) -> tuple[object, object | None, 
     if cfg.dev_fraction > 0:
         dev_rows += [r for r in rows if _in_dev(r.id, cfg.dev_fraction)]
         rows = [r for r in rows if not _in_dev(r.id, cfg.dev_fraction)]
-    if cfg.dev_questions is not None:
-        ids = sorted({r.id for r in rows}, key=_dev_order)
-        if len(ids) <= cfg.dev_questions:
-            raise ScotdError(f"corpus {cfg.corpus}: dev_questions {cfg.dev_questions} would hold out all its "
-                             f"{len(ids)} questions, leaving nothing to train on")
-        held = set(ids[: cfg.dev_questions])
-        dev_rows += [r for r in rows if r.id in held]
-        rows = [r for r in rows if r.id not in held]
+    held_ids = {r.id for r in dev_rows}  # (the fraction's, for the count of those left unused below)
     questions = build_questions(rows, tokenizer, cfg, stats)
+    held: list[Question] = []
+    if cfg.dev_questions is not None and questions:
+        questions, held = _hold_out(questions, cfg.dev_questions, cfg.corpus, stats)
     if stats.dropped:
         log.warning("corpus %s: dropped %s", cfg.corpus, ", ".join(f"{n} ({why})" for why, n in stats.dropped.items()))
     if not questions:
@@ -569,17 +578,19 @@ def prepare_data(cfg: DistillConfig, tokenizer) -> tuple[object, object | None, 
     dev_ds = None
     if cfg.has_dev:
         dev_stats = CorpusStats()
-        dev_questions = build_questions(dev_rows, tokenizer, cfg, dev_stats, dev=True)
-        dev_questions.sort(key=lambda q: _dev_order(q.key[1]))
+        dev_questions = build_questions(dev_rows, tokenizer, cfg, dev_stats, dev=True) + held
+        dev_questions.sort(key=lambda q: hash_rank(q.key[1]))
         if cfg.max_dev_questions is not None:
-            unused = len(dev_questions) - cfg.max_dev_questions
-            if unused > 0 and cfg.dev_fraction > 0:
+            unused = [q for q in dev_questions[cfg.max_dev_questions:] if q.key[1] in held_ids]
+            if unused and cfg.dev_fraction > 0:
                 log.warning("%d held-out questions (dev_fraction %s) are neither trained on nor scored "
-                            "(max_dev_questions %d); dev_questions %d would train on them", unused,
-                            cfg.dev_fraction, cfg.max_dev_questions, cfg.max_dev_questions)
+                            "(max_dev_questions %d); dev_questions %d in place of both would train on them (and "
+                            "score the dev loss on other questions)", len(unused), cfg.dev_fraction,
+                            cfg.max_dev_questions, cfg.max_dev_questions)
             dev_questions = dev_questions[: cfg.max_dev_questions]
         if not dev_questions:
-            raise ScotdError("the dev set is empty: raise dev_fraction or give a dev corpus with usable chains")
+            raise ScotdError("the dev set is empty: raise dev_fraction or dev_questions, or give a dev corpus with "
+                             "usable chains")
         dev_ds = AllChainsDataset(dev_questions)
         stats.dev_questions = len(dev_questions)
     return train_ds, dev_ds, stats, task

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from scotd_harness import formats
 from scotd_harness.cli import cli
-from scotd_harness.report import accuracy_rows, load_run, write_report
+from scotd_harness.report import _plot_sweep, accuracy_rows, load_run, write_report
 from scotd_harness.stats import mcnemar_exact_p, wilson_interval
 
 N = 40
@@ -359,6 +359,7 @@ def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
         "n16-correct": (16, ["correct"], set(range(5, 20)), [(0, "a b"), (1, "c d")]),
         "n1-all": (1, ["all"], set(range(8)), [(0, "a b"), (1, "c d"), (2, "e f")]),
         "n4-all": (4, ["all"], set(range(12)), [(0, "a b"), (0, "q r"), (1, "c d"), (2, "e f")]),
+        "n4-all-nonempty": (4, ["all:drop_empty=true"], set(range(10)), [(0, "a b")]),  # a line of its own
         "n4-all-random-k": (4, ["all", "random-k:k=2"], set(range(2)), [(0, "a b")]),  # not from correct chains
         "n4-random-k3": (4, ["correct", "random-k:k=3"], set(range(1)), [(0, "a b")]),  # keeps 3, not 2
         "n4-random-k": (4, ["correct", "random-k:k=2"], set(range(14)), [(0, "a b"), (0, "x y")]),
@@ -374,8 +375,6 @@ def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
     assert res.exit_code == 0, res.output
     report = (dirs[0] / "report.md").read_text()
     sweep = json.loads((dirs[0] / "report.json").read_text())["sweep"]
-    plain = (dirs[0] / "accuracy_vs_n.png").read_bytes()
-    assert "Dashed lines" not in report
     by_run = {r["run"]: r for r in sweep}
     assert set(by_run) == set(runs)
     assert [r["curve"] for r in sweep].count(False) == 5 and not by_run["n4-random-k"]["curve"]
@@ -398,27 +397,32 @@ def test_sweep_draws_a_line_per_filter_and_tables_the_selection_arms(tmp_path):
     assert "| n1-all | +10.0 |" in curve
     # every pairing and what it asks: the point before on the line (n16 against n4, not only against n1), the
     # few-shot point against the supervised one with as many chains, and a selection against random
+    pairs = [(r["run"], p["against"]) for r in sweep for p in r["paired"]]
+    assert sorted(pairs) == sorted([
+        ("n4-correct", "n1-correct"), ("n16-correct", "n1-correct"), ("n16-correct", "n4-correct"),
+        ("n4-all", "n1-all"), ("n4-all", "n4-correct"), ("n1-all", "n1-correct"), ("n4-all-nonempty", "n4-correct"),
+        ("n4-likelihood-k", "n4-random-k")])  # (each once; random arms and n1-diversity-k: no random to beat)
     paired = {(r["run"], p["against"]): p for r in sweep for p in r["paired"]}
-    assert set(paired) == {("n4-correct", "n1-correct"), ("n16-correct", "n1-correct"), ("n16-correct", "n4-correct"),
-                           ("n4-all", "n1-all"), ("n4-all", "n4-correct"), ("n1-all", "n1-correct"),
-                           ("n4-likelihood-k", "n4-random-k")}  # (random arms and n1-diversity-k: no random to beat)
+    assert all(r["vs"] is None or r["vs"] == {k: v for k, v in r["paired"][0].items() if k != "asks"} for r in sweep)
     flat = paired["n16-correct", "n4-correct"]  # right on 5-19 against 0-15
     assert (flat["n"], flat["both"], flat["only_a"], flat["only_b"]) == (N, 11, 4, 5)
-    assert flat["p_value"] == mcnemar_exact_p(4, 5) and "point before" in flat["question"]
+    assert flat["p_value"] == mcnemar_exact_p(4, 5) and "point before" in flat["asks"]
     wrong = paired["n4-all", "n4-correct"]  # right on 0-11 against 0-15
-    assert (wrong["both"], wrong["only_a"], wrong["only_b"]) == (12, 0, 4) and "supervised" in wrong["question"]
+    assert (wrong["both"], wrong["only_a"], wrong["only_b"]) == (12, 0, 4) and "supervised" in wrong["asks"]
+    assert "supervised" in paired["n4-all-nonempty", "n4-correct"]["asks"]  # few-shot with options is few-shot
     table = report.split("### Paired comparisons")[1]
-    assert f"| n16-correct | n4-correct | {flat['question']} | {N} | 11 | 4 | 5 | -2.5 | " in table
+    assert f"| n16-correct | n4-correct | {flat['asks']} | {N} | 11 | 4 | 5 | -2.5 | " in table
     assert (dirs[0] / "accuracy_vs_n.png").stat().st_size > 1000
-    # the selection arms are points of the plot: without them it is another picture
-    curve_only = [d for d in dirs[1:] if by_run[d.name]["curve"]]
-    write_report(dirs[0], sweep=curve_only)
-    assert (dirs[0] / "accuracy_vs_n.png").read_bytes() != plain
-    # the teacher's accuracy beside the curve, where the caller gives it (bench/chains_curve.py does)
+    assert "Grey level lines" not in report
+    # the plot shows each selection arm as a point, and the level lines a caller gives (bench/chains_curve.py
+    # gives the teacher's accuracy)
+    curve = [r for r in sweep if r["curve"]]
+    chosen = [r for r in sweep if not r["curve"]]
+    drawn = _plot_sweep(curve, chosen, tmp_path / "plot.png", {"teacher, few-shot": 0.37})
+    assert set(drawn) == {r["filters"] for r in curve} | {r["run"] for r in chosen} | {"teacher, few-shot"}
     write_report(dirs[0], sweep=dirs[1:], references={"teacher, few-shot": 0.37})
-    assert "Dashed lines in the plot: teacher, few-shot 37.0%." in (dirs[0] / "report.md").read_text()
+    assert "Grey level lines in the plot: teacher, few-shot 37.0%." in (dirs[0] / "report.md").read_text()
     assert json.loads((dirs[0] / "report.json").read_text())["sweep_references"] == {"teacher, few-shot": 0.37}
-    assert (dirs[0] / "accuracy_vs_n.png").read_bytes() != plain
 
 
 def test_report_shows_the_tuning_candidates_scored_so_far(tmp_path):

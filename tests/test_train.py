@@ -91,16 +91,24 @@ def test_prompt_tokens_are_masked_and_target_is_the_formats_text(tmp_path, corpu
 def test_dev_questions_holds_out_that_many_and_trains_on_every_other_one(tmp_path, corpus, embedded_model_dir,
                                                                          caplog):
     """A dev fraction cut to max_dev_questions leaves the rest of the fraction out of training unused (and says
-    so); dev_questions holds out just the questions it scores and trains on all the others."""
+    so); dev_questions holds out just the questions it scores, chosen among those with a usable chain (a question
+    first by hash whose chains all fail to parse is neither held out nor trained on), and trains on the others."""
+    from scotd_harness.hashsplit import hash_rank
     from scotd_harness.train import load_tokenizer, prepare_data
 
-    many = write_rows(tmp_path / "many.jsonl", [{**r, "id": f"{r['id']}-{k}"} for k in range(4)
-                                                 for r in fixture_rows(corpus)])  # 24 usable questions
+    rows = [{**r, "id": f"{r['id']}-{k}"} for k in range(4) for r in fixture_rows(corpus)]  # 24 usable questions
+    first_usable = min((r["id"] for r in rows), key=hash_rank)
+    # questions whose one chain has no parsed answer, ahead of every usable one in the hash order
+    unusable = [f"x{k}" for k in range(200) if hash_rank(f"x{k}") < hash_rank(first_usable)][:3]
+    assert unusable
+    rows += [{**rows[0], "id": qid, "rationale": "no letter here", "prediction": "[invalid]", "correct": False}
+             for qid in unusable]
+    many = write_rows(tmp_path / "many.jsonl", rows)
     tokenizer, _ = load_tokenizer(str(embedded_model_dir))
 
     def split(**kw) -> tuple[set[str], set[str]]:
         train_ds, dev_ds, stats, _ = prepare_data(config(tmp_path, embedded_model_dir, many, **kw), tokenizer)
-        assert stats.dev_questions == len(dev_ds.questions)
+        assert stats.dev_questions == len(dev_ds.questions) and stats.questions == len(train_ds.questions)
         return {q.key[1] for q in train_ds.questions}, {q.key[1] for q in dev_ds.questions}
 
     caplog.set_level("WARNING", logger="scotd_harness.train")
@@ -109,12 +117,14 @@ def test_dev_questions_holds_out_that_many_and_trains_on_every_other_one(tmp_pat
     assert f"{24 - len(trained) - 2} held-out questions (dev_fraction 0.5) are neither trained on nor scored" in (
         caplog.text)
     caplog.clear()
-    trained_all, scored_same = split(dev_questions=2)
-    assert len(scored_same) == 2 and len(trained_all) == 22 and not trained_all & scored_same
-    assert "neither trained on" not in caplog.text
+    trained_all, scored_instead = split(dev_questions=2)
+    assert len(scored_instead) == 2 and len(trained_all) == 22 and not trained_all & scored_instead
+    assert not scored_instead & set(unusable) and "neither trained on" not in caplog.text
     with pytest.raises(ScotdError, match="not both"):
         config(tmp_path, embedded_model_dir, many, dev_questions=2, dev_fraction=0.1)
-    with pytest.raises(ScotdError, match="would hold out all its 24 questions"):
+    with pytest.raises(ScotdError, match="give dev_questions 2 alone"):
+        config(tmp_path, embedded_model_dir, many, dev_questions=4, max_dev_questions=2)
+    with pytest.raises(ScotdError, match="would hold out all its 24 usable questions"):
         split(dev_questions=24)
 
 
