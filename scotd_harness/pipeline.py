@@ -279,6 +279,15 @@ class PipelineConfig(BaseModel):
         sizes = [s.questions for s in self.train_sizes]
         if len(set(sizes)) != len(sizes):
             raise ValueError("train_sizes: each number of questions once")
+        from .train import dev_split_problem
+
+        for size in self.train_sizes:
+            options = {**self.train, **size.train}
+            problem = dev_split_problem(options.get("dev_fraction", 0.0), options.get("dev_questions"),
+                                        options.get("max_dev_questions"))
+            if problem:
+                raise ValueError(f"train{'' if not size.train else f' (with train_sizes {size.questions})'}: "
+                                 f"{problem}")
         if self.tune is not None:
             if self.tune.questions not in sizes and self.tune.questions is not None:
                 raise ValueError(f"tune.questions {self.tune.questions} is not one of train_sizes ({sizes})")

@@ -53,6 +53,20 @@ BATCHING_MODES = ("length", "packed", "padded")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+def dev_split_problem(dev_fraction: float, dev_questions: int | None, max_dev_questions: int | None) -> str | None:
+    """What is wrong with these dev-slice settings together, or None; the pipeline asks before it samples, so a
+    run's `train:` and a size's `train:` that contradict each other are refused before hours of work, not after."""
+    if dev_questions is not None and dev_questions < 1:
+        return f"dev_questions must be at least 1, not {dev_questions}"
+    if dev_questions is not None and dev_fraction > 0:
+        return (f"give dev_questions ({dev_questions}) or dev_fraction ({dev_fraction}), not both: each chooses "
+                "the held-out questions")
+    if dev_questions is not None and max_dev_questions is not None and max_dev_questions < dev_questions:
+        return (f"max_dev_questions {max_dev_questions} would leave some of the dev_questions {dev_questions} "
+                f"neither trained on nor scored: give dev_questions {max_dev_questions} alone")
+    return None
+
+
 @dataclass
 class DistillConfig(TrainingArguments):
     """All options of `scotd train`: the corpus and student fields below plus the `TrainingArguments` fields.
@@ -163,16 +177,9 @@ class DistillConfig(TrainingArguments):
             raise ScotdError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if not 0.0 <= self.dev_fraction < 1.0:
             raise ScotdError(f"dev_fraction must be in [0, 1), not {self.dev_fraction}")
-        if self.dev_questions is not None and self.dev_questions < 1:
-            raise ScotdError(f"dev_questions must be at least 1, not {self.dev_questions}")
-        if self.dev_questions is not None and self.dev_fraction > 0:
-            raise ScotdError(f"give dev_questions ({self.dev_questions}) or dev_fraction ({self.dev_fraction}), "
-                             "not both: each chooses the held-out questions")
-        if (self.dev_questions is not None and self.max_dev_questions is not None
-                and self.max_dev_questions < self.dev_questions):
-            raise ScotdError(f"max_dev_questions {self.max_dev_questions} would leave some of the dev_questions "
-                             f"{self.dev_questions} neither trained on nor scored: give dev_questions "
-                             f"{self.max_dev_questions} alone")
+        problem = dev_split_problem(self.dev_fraction, self.dev_questions, self.max_dev_questions)
+        if problem:
+            raise ScotdError(problem)
         if self.max_length < 8:
             raise ScotdError(f"max_length {self.max_length} is too short for any example")
         self.group_by_length = self.batching == "length"

@@ -139,6 +139,21 @@ def test_the_shipped_preset_loads_and_names_its_students():
     assert cfg.train["num_train_epochs"] == 2 and cfg.train_sizes[1].train == {"num_train_epochs": 1}
 
 
+def test_dev_slice_settings_that_contradict_each_other_are_refused_before_anything_runs():
+    """A run's train: and a size's train: are each valid, merged they choose the dev slice twice: refused at the
+    config, naming the size, not at the train stage hours later."""
+    from scotd_harness.errors import ScotdError
+    from scotd_harness.pipeline import PipelineConfig
+
+    with pytest.raises(ScotdError, match=r"train \(with train_sizes 2000\): give dev_questions \(48\) or "
+                                         r"dev_fraction \(0.05\), not both"):
+        PipelineConfig.from_dict({"train": {"dev_fraction": 0.05},
+                                  "train_sizes": [{"questions": 2000, "train": {"dev_questions": 48}}]})
+    with pytest.raises(ScotdError, match="give dev_questions 48 alone"):
+        PipelineConfig.from_dict({"train": {"dev_questions": 64, "max_dev_questions": 48}})
+    assert PipelineConfig.from_dict({"train": {"dev_questions": 48}}).train == {"dev_questions": 48}
+
+
 def test_tuning_on_the_test_split_or_on_trained_questions_is_refused(tmp_path):
     from scotd_harness.errors import ScotdError
     from scotd_harness.pipeline import PipelineConfig
