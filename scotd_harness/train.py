@@ -142,8 +142,9 @@ class DistillConfig(TrainingArguments):
     )
     dev_questions: int | None = field(
         default=None,
-        metadata={"help": "Instead of dev_fraction: hold out this many corpus questions (the first by id hash) as "
-                  "the dev set and train on every other one."},
+        metadata={"help": "Instead of dev_fraction: hold out this many corpus questions (the first by id hash, "
+                  "among those with a usable chain) as the dev set, beside a dev_corpus's questions if one is "
+                  "given, and train on every other one."},
     )
     keep_best: bool = field(
         default=True,

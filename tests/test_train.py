@@ -120,6 +120,9 @@ def test_dev_questions_holds_out_that_many_and_trains_on_every_other_one(tmp_pat
     trained_all, scored_instead = split(dev_questions=2)
     assert len(scored_instead) == 2 and len(trained_all) == 22 and not trained_all & scored_instead
     assert not scored_instead & set(unusable) and "neither trained on" not in caplog.text
+    other = write_rows(tmp_path / "dev.jsonl", [{**r, "id": f"d-{r['id']}"} for r in fixture_rows(corpus)])
+    trained_beside, scored_beside = split(dev_questions=2, dev_corpus=str(other))  # the dev corpus's 6 and 2 more
+    assert scored_beside == scored_instead | {f"d-q{k}" for k in range(1, 7)} and trained_beside == trained_all
     with pytest.raises(ScotdError, match="not both"):
         config(tmp_path, embedded_model_dir, many, dev_questions=2, dev_fraction=0.1)
     with pytest.raises(ScotdError, match="give dev_questions 2 alone"):
