@@ -548,6 +548,24 @@ def _checkpoint_step(checkpoint: str) -> int:
     return json.loads(state.read_text())["global_step"] if state.is_file() else -1
 
 
+def _whole_run_train_loss(training_loss: float, global_step: int, log_history: list[dict], resumed_at: int) -> float:
+    """The mean training loss over every step of the run, resumed or not.
+
+    After a resume, Trainer sums the loss of the resumed steps only but divides by all of them (the sum is not kept in
+    a checkpoint), so its figure understates the loss by the share of steps done before the resume. Those steps come
+    back from the losses logged before the checkpoint (which it keeps); the few after the last log before the resume
+    were never logged and are left out of the mean rather than guessed."""
+    if resumed_at <= 0:
+        return training_loss
+    total, steps, last = training_loss * global_step, global_step - resumed_at, 0
+    for entry in log_history:
+        if "loss" in entry and last < entry.get("step", 0) <= resumed_at:
+            total += entry["loss"] * (entry["step"] - last)
+            steps += entry["step"] - last
+            last = entry["step"]
+    return total / steps if steps > 0 else training_loss
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Training
 
@@ -629,9 +647,11 @@ def train(cfg: DistillConfig, callbacks: list | None = None) -> Path:
     log.warning("training %s on %d questions / %d chains of %s (%s, %s) for %s",
                 cfg.student, stats.questions, stats.chains, task, "label-only" if cfg.label_only else cfg.chains,
                 cfg.batching, f"{cfg.max_steps} steps" if cfg.max_steps > 0 else f"{cfg.num_train_epochs} epochs")
+    resumed_at = _checkpoint_step(resume) if resume else 0
     if resume:
-        log.warning("resuming from %s (step %d)", resume, _checkpoint_step(resume))
+        log.warning("resuming from %s (step %d)", resume, resumed_at)
     result = trainer.train(resume_from_checkpoint=resume)
+    train_loss = _whole_run_train_loss(result.training_loss, result.global_step, trainer.state.log_history, resumed_at)
 
     out = Path(cfg.output_dir)
     if trainer.is_world_process_zero():
@@ -654,7 +674,7 @@ def train(cfg: DistillConfig, callbacks: list | None = None) -> Path:
                        "dropped": stats.dropped},
             "tokenizer": {"prompt_special_tokens": False, "append_eos": cfg.append_eos, "pad_from_eos": pad_from_eos},
             "training": cfg.summary(),
-            "result": {"global_step": result.global_step, "train_loss": result.training_loss,
+            "result": {"global_step": result.global_step, "train_loss": train_loss,
                        # passes over the training chains: with the same steps for every arm, a small corpus is
                        # seen many times over and a large one perhaps not once
                        "epochs": round(trainer.state.epoch or 0.0, 3),
@@ -666,7 +686,7 @@ def train(cfg: DistillConfig, callbacks: list | None = None) -> Path:
                        "wall_s": round(time.time() - started, 1)},
         }
         (out / SCOTD_JSON).write_text(json.dumps(info, indent=2) + "\n")
-        log.warning("student saved to %s (step %d, train loss %.4f)", out, result.global_step, result.training_loss)
+        log.warning("student saved to %s (step %d, train loss %.4f)", out, result.global_step, train_loss)
     trainer.accelerator.wait_for_everyone()
     return out
 

@@ -385,7 +385,7 @@ class Kill(TrainerCallback):
 
 cfg = DistillConfig(student=sys.argv[1], corpus=sys.argv[2], output_dir=sys.argv[3], max_steps=4, save_steps=2,
                     per_device_train_batch_size=2, max_length=160, use_cpu=True, disable_tqdm=True,
-                    resume_from_checkpoint="last", save_total_limit=None)
+                    resume_from_checkpoint="last", save_total_limit=None, logging_steps=1)
 train(cfg, callbacks=[Kill()] if sys.argv[4] == "kill" else [])
 """
 
@@ -402,6 +402,11 @@ def test_resume_after_kill(tmp_path, corpus, tiny_llama):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _, info = _load(out)
     assert info["result"]["resumed_from"] == "checkpoint-2" and info["result"]["global_step"] == 4
+    # the recorded loss is the mean over all 4 steps, not the 2 resumed ones divided by 4 (Trainer's own figure)
+    logged = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    losses = {h["step"]: h["loss"] for h in logged if "loss" in h}
+    assert sorted(losses) == [1, 2, 3, 4]
+    assert info["result"]["train_loss"] == pytest.approx(sum(losses.values()) / 4, rel=1e-3)
 
 
 # --- precision ---------------------------------------------------------------------------------------------------
