@@ -335,7 +335,8 @@ def write_results(args, root: Path, teacher: Path, clock: WallClock) -> None:
                 f.write((done[0] / chart).read_bytes())
             md = md.replace(f"]({chart})", f"]({name})")
     atomic.write_text(results / f"{args.tag}.md",
-                      teacher_section(report["teacher"]) + "\n" + wall_time_line(report["wall_time_s"]) + "\n" + md)
+                      teacher_section(report["teacher"]) + "\n"
+                      + wall_time_line(report["wall_time_s"], finished=len(done) == len(arms())) + "\n" + md)
     atomic.write_json(results / f"{args.tag}.json", report, default=str)
 
 
@@ -403,12 +404,14 @@ def teacher_section(teacher: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def wall_time_line(seconds: dict) -> str:
+def wall_time_line(seconds: dict, finished: bool = False) -> str:
+    """The study's wall time; `finished` (every arm scored) makes it the total rather than a figure so far."""
     def hm(value: float) -> str:
         return f"{int(value // 3600)}:{int(value % 3600 // 60):02d}"
 
     stages = ", ".join(f"{name} {hm(value)}" for name, value in seconds.items() if name != "total")
-    return f"Wall time so far, summed over sittings (h:mm): {hm(seconds['total'])} ({stages}).\n"
+    which = "Wall time of the whole study" if finished else "Wall time so far"
+    return f"{which}, summed over sittings (h:mm): {hm(seconds['total'])} ({stages}).\n"
 
 
 def main(argv=None):

@@ -147,6 +147,14 @@ def test_the_wall_clock_sums_sittings_and_counts_while_a_stage_runs(tmp_path):
     assert counted["sample"] >= first + 0.2 and set(counted) == {"sample", "n1-correct"}
 
 
+def test_the_wall_time_is_called_the_total_once_every_arm_is_scored():
+    seconds = {"sample": 3600.0, "n1-correct": 90.0, "total": 3690.0}
+    module = _chains_curve()
+    assert module.wall_time_line(seconds).startswith("Wall time so far, summed over sittings (h:mm): 1:01 (")
+    assert module.wall_time_line(seconds, finished=True).startswith("Wall time of the whole study, summed over")
+    assert "sample 1:00, n1-correct 0:01" in module.wall_time_line(seconds, finished=True)
+
+
 def test_teacher_scores_of_other_settings_are_refused(tmp_path, monkeypatch, data_dir, onnx_student_dir):
     """Scores of the teacher on 2 questions are not shown as its scores on 3: the run folder's and the kept
     archive's are refused, and left as they were."""
